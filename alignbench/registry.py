@@ -161,7 +161,7 @@ class Registry(Generic[T]):
 
 
 algorithms: Registry[Any] = Registry("algorithm")
-models: Registry[Any] = Registry("model")
+models: Registry[Any] = Registry("model", builtins="alignbench.models.spec")
 rewards: Registry[Any] = Registry("reward", builtins="alignbench.rewards.builtin")
 # tasks get a loader in alignbench.task (YAML → Task); created there to avoid an import cycle.
 

@@ -79,3 +79,17 @@ def save_png(image: Image.Image, path: str | Path) -> None:
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(path, buf.getvalue())
+
+
+def tile_for(fmt: str, image: np.ndarray, record: dict, details: dict) -> Tile:
+    """A captioned tile for one scored image: the detector's boxes and GenEval verdict (``geneval``)
+    or EasyOCR's readings and reward (``ocr``); framed green when the image passes (accuracy 1 or
+    an exact OCR match)."""
+    if fmt == "geneval":
+        boxes = [(d["box"], f"{d['color']} {d['class']} {d['score']:.2f}") for d in details["detections"]]
+        caption = [record["prompt"],
+                   f"acc {details['accuracy']:.0f}  strict {details['strict']:.0f}  partial {details['partial']:.2f}"]
+        return Tile(image, caption, boxes, bool(details["accuracy"]))
+    boxes = [(r["box"], r["text"]) for r in details["readings"]]
+    caption = [record["prompt"], f"read '{details['recognized']}'  reward {details['ocr']:.2f}"]
+    return Tile(image, caption, boxes, bool(details["exact"]))

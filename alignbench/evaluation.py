@@ -1,0 +1,133 @@
+"""The evaluation protocol shared by ``alignbench eval`` and ``alignbench run``.
+
+Every model is scored on the same noises: test prompts × K images per prompt, image j of prompt p
+starts from the initial latent drawn with the seed :func:`noise_seed` (eval seed, p, j), and is
+sampled with the deterministic Euler ODE on the backbone's σ grid for the model's eval steps. The
+task's reward gives every sub-score per image; LGMD is computed per prompt over its K final
+latents and averaged over prompts (specs/rewards_metrics.md).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from .config import StrictModel
+from .io import write_json, write_jsonl
+from .metrics.diversity import lgmd
+from .scoring import summarize_rows
+
+
+class EvalConfig(StrictModel):
+    """Evaluation protocol settings."""
+
+    split: str = Field("test", pattern="^(train|test)$", description="prompt split")
+    images_per_prompt: int = Field(4, ge=2, description="K images per prompt (GenEval: 4)")
+    steps: int | None = Field(None, ge=1, description="ODE steps; default: the model's eval_steps")
+    seed: int = Field(0, description="seed of the per-image initial noises")
+    max_prompts: int | None = Field(None, ge=1, description="first N prompts only (smoke tests)")
+    batch_size: int = Field(128, ge=1, description="images per transformer forward")
+    grid_prompts: int = Field(8, ge=1, description="prompts in the sample grid (× images_per_prompt, max 4)")
+
+
+def noise_seed(seed: int, prompt_index: int, image_index: int) -> int:
+    """Seed of the initial noise of image ``image_index`` of prompt ``prompt_index`` (63-bit)."""
+    return int(np.random.SeedSequence([seed, prompt_index, image_index]).generate_state(2, np.uint64)[0] >> 1)
+
+
+@dataclass
+class EvalResult:
+    """Outcome of one evaluation.
+
+    Attributes:
+        rows: one dict per prompt × image (prompt index, image index, seed, tag, prompt, every
+            reward key, and the reward's details such as detections or OCR readings).
+        summary: ``{"metrics": {tag: {key: mean}}, "lgmd": float, "n_prompts", "n_images", ...}``.
+        images: uint8 [N, H, W, 3] in row order.
+        latents: float [N, T, C] final packed latents in row order.
+    """
+
+    rows: list[dict]
+    summary: dict[str, Any]
+    images: np.ndarray
+    latents: torch.Tensor = field(repr=False)
+
+
+def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
+             progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
+    """Run the protocol for ``backbone`` on ``task`` (in the backbone model's domain).
+
+    Args:
+        backbone: a :class:`~alignbench.models.backbone.FluxBackbone` (its current weights; with a
+            LoRA adapter attached, the adapted policy).
+        task: a loaded :class:`~alignbench.task.Task`.
+        cfg: protocol settings; ``cfg.steps`` overrides ``eval_steps``.
+        progress: called as ``progress(stage, done, total)``.
+    """
+    progress = progress or (lambda *a: None)
+    domain = getattr(backbone, "domain", "shapes")
+    records = task.prompts(cfg.split, domain)
+    if cfg.max_prompts:
+        records = records[: cfg.max_prompts]
+    k, steps = cfg.images_per_prompt, cfg.steps or eval_steps
+    reward = task.reward(domain)
+    t0 = time.perf_counter()
+    seeds = [noise_seed(cfg.seed, p, j) for p in range(len(records)) for j in range(k)]
+    prompts = [r["prompt"] for r in records for _ in range(k)]
+    latents, images = [], []
+    for start in range(0, len(seeds), cfg.batch_size):
+        sl = slice(start, start + cfg.batch_size)
+        emb = backbone.encode_prompts(prompts[sl])
+        lat = backbone.sample_ode(emb, seeds[sl], steps, batch_size=cfg.batch_size)
+        latents.append(lat.cpu())
+        img = backbone.decode(lat)
+        images.append((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
+        progress("sample", min(start + cfg.batch_size, len(seeds)), len(seeds))
+    latents_t = torch.cat(latents)
+    images_np = np.concatenate(images)
+    t_sample = time.perf_counter() - t0
+    rows: list[dict] = []
+    for start in range(0, len(seeds), 64):
+        idx = range(start, min(start + 64, len(seeds)))
+        metas = [records[i // k] for i in idx]
+        details = reward.details(list(images_np[idx.start:idx.stop]), [m["prompt"] for m in metas], metas)
+        for i, meta, det in zip(idx, metas, details, strict=True):
+            rows.append({"prompt_index": i // k, "image_index": i % k, "seed": seeds[i], "tag": meta.get("tag", ""),
+                         "prompt": meta["prompt"], **det})
+        progress("score", idx.stop, len(seeds))
+    per_prompt_lgmd = [lgmd(latents_t[p * k:(p + 1) * k]) for p in range(len(records))]
+    for r in rows:
+        r["lgmd"] = per_prompt_lgmd[r["prompt_index"]]
+    summary = {
+        "task": task.name, "split": cfg.split, "n_prompts": len(records), "images_per_prompt": k,
+        "n_images": len(rows), "steps": steps, "noise_seed": cfg.seed,
+        "metrics": summarize_rows(rows, tuple(reward.keys)),
+        "lgmd": float(np.mean(per_prompt_lgmd)),
+        "seconds": {"sample": t_sample, "score": time.perf_counter() - t0 - t_sample},
+    }
+    return EvalResult(rows, summary, images_np, latents_t)
+
+
+def write_eval(run_dir: Path, result: EvalResult, fmt: str, prefix: str = "eval", grid_prompts: int = 8) -> Path:
+    """Write ``<prefix>.jsonl`` (one row per image), ``<prefix>.json`` (summary) and
+    ``samples/<prefix>_grid.png`` (the first ``grid_prompts`` prompts × up to 4 images, captioned
+    with the scorer's verdict); returns the grid path."""
+    from .reporting.sheet import contact_sheet, save_png, tile_for
+
+    write_jsonl(run_dir / f"{prefix}.jsonl", result.rows)
+    write_json(run_dir / f"{prefix}.json", result.summary)
+    k = result.summary["images_per_prompt"]
+    cols = min(k, 4)
+    tiles = [tile_for(fmt, result.images[i], r, r) for i, r in enumerate(result.rows)
+             if r["prompt_index"] < grid_prompts and r["image_index"] < cols]
+    path = run_dir / "samples" / f"{prefix}_grid.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_png(contact_sheet(tiles, cols=cols), path)
+    return path

@@ -1,0 +1,1 @@
+"""Evaluation metrics beyond the task rewards: diversity (:mod:`.diversity`)."""

@@ -1,0 +1,362 @@
+"""``alignbench pretrain``: pretrain the embedded backbone on ShapesWorld.
+
+Two phases (specs/shapes_world.md, "Embedded backbone"):
+
+1. **VAE**: ``AutoencoderKL`` on freshly rendered scenes, loss = MSE(x̂, x) + β_KL · KL(q(z|x) ‖ N(0, I))
+   (images in [-1, 1]; Kingma & Welling 2014, with the tiny KL weight of latent-diffusion VAEs).
+   Afterwards the latent statistics of a fixed pool of scenes set the pipeline's
+   ``shift_factor`` (mean) and ``scaling_factor`` (1/std), as FLUX's VAE config does.
+2. **Transformer + both text encoders**: rectified-flow loss (Liu et al. 2023; Esser et al. 2024,
+   eq. 1–3): x_σ = (1 − σ)·x₀ + σ·ε, target velocity v = ε − x₀, σ ~ logit-normal(0, 1) (SD3's
+   timestep density), loss = ‖v_θ(x_σ, σ, prompt) − v‖² averaged over latent elements. The model
+   sees the packed latents, image/text ids and pooled/sequence prompt embeddings exactly as
+   ``FluxPipeline`` prepares them.
+
+Captions come from the task prompt generators (GenEval format and OCR signs); every test prompt of
+``tasks/data/*_test.jsonl`` and every OCR test target string is held out.
+
+Determinism and resume: every random draw of step k comes from generators seeded with
+(seed, phase, k), so a run killed at any point and resumed from its last checkpoint (model,
+optimizer and step, written atomically) reaches bit-identical weights on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..config import StrictModel
+from ..errors import UserError
+from ..io import atomic_write_bytes, write_json
+from ..world.prompts import (
+    OCR_TEMPLATES,
+    color_attr_sample,
+    color_sample,
+    counting_sample,
+    geneval_splits,
+    ocr_record,
+    ocr_splits,
+    position_sample,
+    random_text,
+    single_object_samples,
+    two_object_sample,
+)
+from ..world.sample import scene_for_record
+from ..world.scene import WorldConfig, render
+from .tiny import TinyFluxConfig, build_tiny_pipeline, count_parameters
+
+PHASE_VAE, PHASE_FLOW = 0, 1
+
+
+class PretrainConfig(StrictModel):
+    """Pretraining hyper-parameters (defaults: the shipped ``tiny-shapes`` weights)."""
+
+    seed: int = Field(0, description="seed of initialisation, data and noise")
+    model: TinyFluxConfig = Field(default_factory=TinyFluxConfig)
+    vae_steps: int = Field(2000, ge=0, description="VAE optimizer steps")
+    vae_batch: int = Field(32, ge=1)
+    vae_lr: float = Field(2e-3, gt=0)
+    kl_weight: float = Field(1e-6, ge=0, description="β_KL of the VAE loss")
+    steps: int = Field(8000, ge=0, description="transformer/text-encoder optimizer steps")
+    batch: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0, description="peak AdamW learning rate of the transformer phase")
+    warmup: int = Field(300, ge=0, description="linear warm-up steps (both phases)")
+    weight_decay: float = Field(0.01, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    pool_size: int = Field(60000, ge=16, description="scenes rendered and encoded once for the flow phase")
+    ocr_fraction: float = Field(0.4, ge=0, le=1, description="share of sign scenes among captions")
+    checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+
+
+# ---------------------------------------------------------------------------------------- captions
+
+_GENEVAL_MAKERS = (two_object_sample, counting_sample, color_sample, position_sample, color_attr_sample)
+
+
+class CaptionSampler:
+    """Draws training (format, metadata) pairs from the task generators, test prompts held out."""
+
+    def __init__(self, ocr_fraction: float):
+        self.ocr_fraction = ocr_fraction
+        _, test = geneval_splits()
+        self.held_out = {r["prompt"] for r in test}
+        self.single = [r for r in single_object_samples(np.random.default_rng(0)) if r["prompt"] not in self.held_out]
+        _, ocr_test = ocr_splits()
+        self.held_out_text = {r["text"] for r in ocr_test}
+
+    def __call__(self, rng: np.random.Generator) -> tuple[str, dict]:
+        if rng.random() < self.ocr_fraction:
+            while True:
+                text = random_text(rng)
+                if text not in self.held_out_text:
+                    return "ocr", ocr_record(text, int(rng.integers(len(OCR_TEMPLATES))))
+        while True:
+            k = int(rng.integers(len(_GENEVAL_MAKERS) + 1))
+            rec = self.single[int(rng.integers(len(self.single)))] if k == 0 else _GENEVAL_MAKERS[k - 1](rng)
+            if rec["prompt"] not in self.held_out:
+                return "geneval", rec
+
+
+def render_batch(sampler: CaptionSampler, rng: np.random.Generator, n: int,
+                 world: WorldConfig) -> tuple[list[str], torch.Tensor]:
+    """``n`` (prompt, image) pairs; images float [n, 3, H, W] in [-1, 1]."""
+    prompts, images = [], []
+    for _ in range(n):
+        fmt, rec = sampler(rng)
+        prompts.append(rec["prompt"])
+        images.append(render(scene_for_record(rec, fmt, rng, world), world))
+    x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    return prompts, x
+
+
+# ---------------------------------------------------------------------------------------- schedule
+
+def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
+    """Linear warm-up to ``peak`` then cosine decay to 10% of it (step counts from 0)."""
+    if step < warmup:
+        return peak * (step + 1) / warmup
+    frac = (step - warmup) / max(1, total - warmup)
+    return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def _gen(seed: int, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
+    rng = np.random.default_rng([seed, phase, step])
+    g = torch.Generator().manual_seed(int(rng.integers(2**62)))
+    return rng, g
+
+
+# ---------------------------------------------------------------------------------------- trainer
+
+class Pretrainer:
+    """Runs both phases into ``out_dir`` (``checkpoint.pt``, ``cache/``, ``pipeline/``,
+    ``pretrain.json``, ``log.jsonl``).
+
+    Raises:
+        UserError: ``out_dir`` holds a checkpoint of a different config (resume needs the same one).
+    """
+
+    def __init__(self, cfg: PretrainConfig, out_dir: str | Path, device: str = "cpu",
+                 progress: Callable[[str, int, int, dict], None] | None = None):
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.device = torch.device(device)
+        self.progress = progress or (lambda *a: None)
+        self.world = WorldConfig(image_size=cfg.model.image_size)
+        self.sampler = CaptionSampler(cfg.ocr_fraction)
+        self.pipe = build_tiny_pipeline(cfg.model, seed=cfg.seed)
+        self.pipe.to(self.device)
+        self.phase, self.step = PHASE_VAE, 0
+        self.opt: torch.optim.Optimizer | None = None
+        self.timing = {"vae_seconds": 0.0, "flow_seconds": 0.0, "encode_seconds": 0.0}
+        self.latents: torch.Tensor | None = None
+        self.prompts: list[str] | None = None
+
+    # ----------------------------------------------------------------------------- checkpointing
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out / "checkpoint.pt"
+
+    def _trainable(self) -> list[torch.nn.Parameter]:
+        p = self.pipe
+        if self.phase == PHASE_VAE:
+            return list(p.vae.parameters())
+        return [*p.transformer.parameters(), *p.text_encoder.parameters(), *p.text_encoder_2.parameters()]
+
+    def _make_optimizer(self) -> None:
+        lr = self.cfg.vae_lr if self.phase == PHASE_VAE else self.cfg.lr
+        self.opt = torch.optim.AdamW(self._trainable(), lr=lr, weight_decay=self.cfg.weight_decay)
+
+    def save_checkpoint(self) -> None:
+        p = self.pipe
+        state = {"config": self.cfg.model_dump(mode="json"), "phase": self.phase, "step": self.step,
+                 "timing": self.timing,
+                 "models": {n: getattr(p, n).state_dict() for n in ("vae", "text_encoder", "text_encoder_2",
+                                                                    "transformer")},
+                 "vae_factors": (p.vae.config.shift_factor, p.vae.config.scaling_factor),
+                 "optimizer": self.opt.state_dict() if self.opt else None}
+        import io
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.ckpt_path, buf.getvalue())
+
+    def load_checkpoint(self) -> bool:
+        if not self.ckpt_path.exists():
+            return False
+        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        if state["config"] != self.cfg.model_dump(mode="json"):
+            raise UserError(f"{self.out}: holds a checkpoint of a different pretraining config; "
+                            "use a new --out or the same settings to resume")
+        for n, sd in state["models"].items():
+            getattr(self.pipe, n).load_state_dict(sd)
+        self.pipe.vae.register_to_config(shift_factor=state["vae_factors"][0], scaling_factor=state["vae_factors"][1])
+        self.phase, self.step, self.timing = state["phase"], state["step"], state["timing"]
+        self._make_optimizer()
+        if state["optimizer"] is not None:
+            self.opt.load_state_dict(state["optimizer"])
+        return True
+
+    def _log(self, row: dict) -> None:
+        with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+
+    # ----------------------------------------------------------------------------- phases
+    def run(self) -> dict:
+        """Run (or resume) both phases; returns the summary written to ``pretrain.json``."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.load_checkpoint()
+        if not resumed:
+            self._make_optimizer()
+        if self.phase == PHASE_VAE:
+            self._vae_phase()
+            self.phase, self.step = PHASE_FLOW, 0
+            self._prepare_pool()
+            self._make_optimizer()
+            self.save_checkpoint()
+        self._prepare_pool()
+        self._flow_phase()
+        return self._finish()
+
+    def _vae_phase(self) -> None:
+        cfg, vae = self.cfg, self.pipe.vae
+        vae.train()
+        while self.step < cfg.vae_steps:
+            t0 = time.perf_counter()
+            rng, g = _gen(cfg.seed, PHASE_VAE, self.step)
+            _, x = render_batch(self.sampler, rng, cfg.vae_batch, self.world)
+            x = x.to(self.device)
+            post = vae.encode(x).latent_dist
+            z = post.mean + post.std * torch.randn(post.mean.shape, generator=g).to(self.device)
+            x_hat = vae.decode(z).sample
+            mse = (x_hat - x).pow(2).mean()
+            kl = post.kl().mean() / z[0].numel()
+            loss = mse + cfg.kl_weight * kl * z[0].numel()
+            lr = lr_at(self.step, cfg.vae_steps, cfg.vae_lr, cfg.warmup)
+            self._update(loss, lr)
+            self.step += 1
+            self.timing["vae_seconds"] += time.perf_counter() - t0
+            row = {"phase": "vae", "step": self.step, "loss": loss.item(), "mse": mse.item(),
+                   "kl_per_dim": kl.item(), "lr": lr}
+            self.progress("vae", self.step, cfg.vae_steps, row)
+            if self.step % 20 == 0 or self.step == cfg.vae_steps:
+                self._log(row)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.vae_steps:
+                self.save_checkpoint()
+
+    def _update(self, loss: torch.Tensor, lr: float) -> float:
+        if not torch.isfinite(loss):
+            raise UserError(f"pretraining diverged: non-finite loss at phase {self.phase} step {self.step}")
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self._trainable(), self.cfg.grad_clip)
+        self.opt.step()
+        return float(norm)
+
+    def _prepare_pool(self) -> None:
+        """Render ``pool_size`` scenes (stream (seed, 2, i)) and cache their VAE posterior means;
+        set the VAE's shift/scaling factors from the pool statistics (first time only)."""
+        if self.latents is not None:
+            return
+        cfg = self.cfg
+        cache = self.out / "cache" / "pool.pt"
+        if cache.exists():
+            data = torch.load(cache, weights_only=False)
+            self.latents, self.prompts = data["latents"], data["prompts"]
+            self.pipe.vae.register_to_config(shift_factor=data["shift"], scaling_factor=data["scale"])
+            return
+        t0 = time.perf_counter()
+        vae = self.pipe.vae.eval()
+        lat, prompts = [], []
+        chunk = 256
+        with torch.no_grad():
+            for start in range(0, cfg.pool_size, chunk):
+                rng, _ = _gen(cfg.seed, 2, start)
+                p, x = render_batch(self.sampler, rng, min(chunk, cfg.pool_size - start), self.world)
+                lat.append(vae.encode(x.to(self.device)).latent_dist.mean.cpu())
+                prompts.extend(p)
+                self.progress("encode", min(start + chunk, cfg.pool_size), cfg.pool_size, {})
+        latents = torch.cat(lat)
+        shift, scale = latents.mean().item(), 1.0 / latents.std().item()
+        self.pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
+        self.latents, self.prompts = (latents - shift) * scale, prompts
+        self.timing["encode_seconds"] += time.perf_counter() - t0
+        import io
+        buf = io.BytesIO()
+        torch.save({"latents": self.latents, "prompts": self.prompts, "shift": shift, "scale": scale}, buf)
+        atomic_write_bytes(cache, buf.getvalue())
+
+    def _flow_phase(self) -> None:
+        cfg, pipe = self.cfg, self.pipe
+        pipe.transformer.train(), pipe.text_encoder.train(), pipe.text_encoder_2.train()
+        h = w = self.latents.shape[-1]
+        c = self.latents.shape[1]
+        img_ids = pipe._prepare_latent_image_ids(cfg.batch, h // 2, w // 2, self.device, torch.float32)
+        while self.step < cfg.steps:
+            t0 = time.perf_counter()
+            rng, g = _gen(cfg.seed, PHASE_FLOW, self.step)
+            idx = rng.integers(len(self.prompts), size=cfg.batch)
+            x0 = self.latents[torch.from_numpy(idx)]
+            noise = torch.randn(x0.shape, generator=g)
+            sigma = torch.sigmoid(torch.randn(cfg.batch, generator=g))
+            s = sigma.view(-1, 1, 1, 1)
+            x_t = ((1 - s) * x0 + s * noise).to(self.device)
+            target = (noise - x0).to(self.device)
+            prompt_embeds, pooled, text_ids = pipe.encode_prompt(
+                [self.prompts[i] for i in idx], None, device=self.device,
+                max_sequence_length=cfg.model.max_text_length)
+            pred = pipe.transformer(
+                hidden_states=pipe._pack_latents(x_t, cfg.batch, c, h, w), timestep=sigma.to(self.device),
+                guidance=(torch.ones(cfg.batch, device=self.device) if cfg.model.guidance_embeds else None),
+                pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
+                img_ids=img_ids, return_dict=False)[0]
+            loss = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2).mean()
+            lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup)
+            norm = self._update(loss, lr)
+            self.step += 1
+            self.timing["flow_seconds"] += time.perf_counter() - t0
+            row = {"phase": "flow", "step": self.step, "loss": loss.item(), "grad_norm": norm, "lr": lr}
+            self.progress("flow", self.step, cfg.steps, row)
+            if self.step % 20 == 0 or self.step == cfg.steps:
+                self._log(row)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+
+    def _finish(self) -> dict:
+        pipe, cfg = self.pipe, self.cfg
+        target = self.out / "pipeline"
+        tmp = self.out / "pipeline.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        pipe.to("cpu")
+        from .spec import quiet_hf_progress
+
+        quiet_hf_progress()
+        pipe.save_pretrained(tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+        t = self.timing
+        summary = {
+            "config": cfg.model_dump(mode="json"),
+            "parameters": {n: count_parameters(getattr(pipe, n))
+                           for n in ("vae", "text_encoder", "text_encoder_2", "transformer")},
+            "vae_factors": {"shift_factor": pipe.vae.config.shift_factor,
+                            "scaling_factor": pipe.vae.config.scaling_factor},
+            "timing": t,
+            "throughput_images_per_s": {
+                "vae": cfg.vae_steps * cfg.vae_batch / t["vae_seconds"] if t["vae_seconds"] else None,
+                "flow": cfg.steps * cfg.batch / t["flow_seconds"] if t["flow_seconds"] else None},
+            "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                        "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                        "device": str(self.device), "torch": torch.__version__},
+        }
+        write_json(self.out / "pretrain.json", summary)
+        return summary

@@ -1,0 +1,189 @@
+"""The embedded backbone: tokenizers, the tiny FluxPipeline, the adapter, model specs, pretraining."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from alignbench.models.backbone import FluxBackbone
+from alignbench.models.pretrain import PretrainConfig, Pretrainer
+from alignbench.models.spec import ModelSpec, get_model
+from alignbench.models.tiny import TinyFluxConfig, build_tiny_pipeline
+from alignbench.models.tokenizer import build_tokenizers, world_vocabulary
+
+MICRO = TinyFluxConfig(vae_channels=(8, 8, 8), text_dim=16, text_heads=2, num_layers=1, num_single_layers=1,
+                       attention_head_dim=8, num_attention_heads=2, axes_dims_rope=(2, 2, 4))
+
+
+@pytest.fixture(scope="module")
+def micro_backbone():
+    return FluxBackbone(build_tiny_pipeline(MICRO, seed=0), 64, 64, max_sequence_length=20, guidance_scale=1.0)
+
+
+def test_tokenizers_split_sign_text_into_characters_and_know_every_world_word():
+    clip, t5 = build_tokenizers(20)
+    ids = clip('a sign that says "KMPT"').input_ids
+    assert clip.convert_ids_to_tokens(ids) == ["<bos>", "a", "sign", "that", "says", '"', "K", "M", "P", "T", '"',
+                                               "<eos>"]
+    assert t5.convert_ids_to_tokens(t5("a photo of three crosses").input_ids) == [
+        "a", "photo", "of", "three", "crosses", "<eos>"]
+    from alignbench.world.prompts import geneval_splits, ocr_splits
+    unk = clip.convert_tokens_to_ids("<unk>")
+    for rec in [*geneval_splits()[0], *ocr_splits()[0]]:
+        assert unk not in clip(rec["prompt"]).input_ids, rec["prompt"]
+    assert len(world_vocabulary()) == len(set(world_vocabulary()))
+
+
+def test_clip_pooled_output_is_read_at_eos(micro_backbone):
+    pipe = micro_backbone.pipe
+    ids = pipe.tokenizer(["a photo of a ring"], padding="max_length", max_length=20, return_tensors="pt").input_ids
+    out = pipe.text_encoder(ids)
+    eos_pos = (ids[0] == pipe.tokenizer.eos_token_id).nonzero()[0, 0]
+    assert torch.equal(out.pooler_output[0], out.last_hidden_state[0, eos_pos])
+
+
+def test_sigma_grid_uses_the_scheduler_shift_rule(micro_backbone):
+    sig = micro_backbone.sigmas(10)
+    assert sig.shape == (11,) and sig[0] == 1.0 and sig[-1] == 0.0 and bool((sig[1:] < sig[:-1]).all())
+    # FLUX time shift: sigma' = e^mu / (e^mu + 1/sigma - 1), mu = calculate_shift(64 tokens)
+    m = (1.15 - 0.5) / (4096 - 256)
+    mu = 64 * m + 0.5 - m * 256
+    s = 1 - 3 / 10  # 4th grid point of linspace(1, 0.1, 10)
+    assert sig[3].item() == pytest.approx(math.exp(mu) / (math.exp(mu) + 1 / s - 1), rel=1e-5)
+    with pytest.raises(ValueError, match="num_steps"):
+        micro_backbone.sigmas(0)
+
+
+def test_initial_noise_depends_only_on_each_seed(micro_backbone):
+    a = micro_backbone.initial_noise([1, 2, 3])
+    b = micro_backbone.initial_noise([3, 2])
+    assert a.shape == (3, 64, 16)
+    assert torch.equal(a[2], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[0], a[1])
+
+
+def test_velocity_shapes_nfe_count_prompt_cache_and_decode_range(micro_backbone):
+    bb = micro_backbone
+    emb = bb.encode_prompts(["a photo of a ring", "a photo of a cross", "a photo of a ring"])
+    assert emb.prompt_embeds.shape == (3, 20, 16) and emb.pooled.shape == (3, 16)
+    assert torch.equal(emb.prompt_embeds[0], emb.prompt_embeds[2])
+    before = bb.nfe
+    v = bb.velocity(bb.initial_noise([0, 1, 2]), 0.5, emb)
+    assert v.shape == (3, 64, 16) and bb.nfe - before == 3
+    img = bb.decode(bb.sample_ode(emb, [0, 1, 2], 2))
+    assert img.shape == (3, 3, 64, 64) and img.min() >= 0 and img.max() <= 1
+
+
+def test_ode_sampling_is_euler_on_the_grid(micro_backbone):
+    bb = micro_backbone
+    emb = bb.encode_prompts(["a photo of a square"])
+    sig = bb.sigmas(3)
+    x = bb.initial_noise([5])
+    for i in range(3):
+        x = x + float(sig[i + 1] - sig[i]) * bb.velocity(x, float(sig[i]), emb)
+    assert torch.allclose(bb.sample_ode(emb, [5], 3), x, atol=1e-6)
+
+
+def test_lora_starts_as_identity_trains_and_reference_mode_disables_it():
+    bb = FluxBackbone(build_tiny_pipeline(MICRO, seed=1), 64, 64, max_sequence_length=20)
+    emb = bb.encode_prompts(["a photo of a red ring"])
+    x = bb.initial_noise([0])
+    with torch.no_grad():
+        v0 = bb.velocity(x, 0.7, emb)
+    params = bb.add_lora(rank=4, alpha=8, seed=0)
+    assert params and all(p.requires_grad for p in params)
+    assert all(not p.requires_grad for n, p in bb.transformer.named_parameters() if "lora_" not in n)
+    targets = {n.rsplit(".lora_", 1)[0].split(".", 2)[-1] for n, _ in bb.transformer.named_parameters() if "lora_A" in n}
+    assert {"attn.to_q", "attn.add_k_proj", "proj_mlp", "ff_context.net.2"} <= targets
+    with torch.no_grad():
+        assert torch.allclose(bb.velocity(x, 0.7, emb), v0, atol=1e-6)  # B = 0 at init
+    loss = bb.velocity(x, 0.7, emb).pow(2).mean()
+    loss.backward()
+    torch.optim.SGD(params, lr=1.0).step()
+    with torch.no_grad():
+        v1 = bb.velocity(x, 0.7, emb)
+        with bb.reference():
+            v_ref = bb.velocity(x, 0.7, emb)
+        assert not torch.allclose(v1, v0, atol=1e-4)
+        assert torch.allclose(v_ref, v0, atol=1e-6)
+        assert torch.allclose(bb.velocity(x, 0.7, emb), v1)  # adapter back on after the block
+
+
+def test_shipped_pipeline_loads_with_diffusers_and_draws_64px():
+    from diffusers import FluxPipeline
+
+    path = get_model("tiny-shapes").resolved_source()
+    pipe = FluxPipeline.from_pretrained(path)
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a photo of a red circle", height=64, width=64, num_inference_steps=4, max_sequence_length=20,
+                 generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+
+def test_flux_dev_spec_loads_a_local_directory_and_names_the_repo_when_the_hub_is_unreachable(tmp_path, monkeypatch):
+    from alignbench.errors import UserError
+
+    build_tiny_pipeline(MICRO, seed=0).save_pretrained(tmp_path / "flux")
+    spec = get_model("flux-dev", source=str(tmp_path / "flux"), height=64, width=64, dtype="float32",
+                     max_sequence_length=20)
+    bb = spec.load()
+    assert bb.domain == "natural" and bb.transformer.config.num_layers == 1
+    assert bb.transformer.config.guidance_embeds is False and bb.latent_shape == (64, 16)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(UserError, match="black-forest-labs/FLUX.1-dev.*Hugging Face Hub"):
+        get_model("flux-dev").load()
+
+
+def test_model_spec_rejects_bad_fields_with_the_field_name():
+    from alignbench.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="model.dtype"):
+        get_model("tiny-shapes", dtype="float8")
+    assert isinstance(get_model("tiny-shapes"), ModelSpec)
+
+
+TINY_PRETRAIN = dict(model=MICRO.model_dump(), vae_steps=4, vae_batch=4, steps=4, batch=4, pool_size=16,
+                     warmup=2, checkpoint_every=2)
+
+
+class _Kill(Exception):
+    pass
+
+
+def _weights(pipe) -> dict[str, torch.Tensor]:
+    return {f"{n}.{k}": v.clone() for n in ("vae", "text_encoder", "text_encoder_2", "transformer")
+            for k, v in getattr(pipe, n).state_dict().items()}
+
+
+@pytest.mark.parametrize("kill_at", [("vae", 3), ("flow", 3)])
+def test_pretraining_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, kill_at):
+    cfg = PretrainConfig(**TINY_PRETRAIN)
+    full = Pretrainer(cfg, tmp_path / "full")
+    full.run()
+
+    def killer(phase, step, total, row):
+        if (phase, step) == kill_at:
+            raise _Kill
+
+    with pytest.raises(_Kill):
+        Pretrainer(cfg, tmp_path / "resumed", progress=killer).run()
+    resumed = Pretrainer(cfg, tmp_path / "resumed")
+    resumed.run()
+    a, b = _weights(full.pipe), _weights(resumed.pipe)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert full.pipe.vae.config.shift_factor == resumed.pipe.vae.config.shift_factor
+    # and training changed the weights
+    init = _weights(build_tiny_pipeline(MICRO, seed=0))
+    assert not torch.equal(init["transformer.proj_out.weight"], a["transformer.proj_out.weight"])
+    assert not torch.equal(init["vae.encoder.conv_in.weight"], a["vae.encoder.conv_in.weight"])
+    assert not torch.equal(init["text_encoder_2.shared.weight"], a["text_encoder_2.shared.weight"])
+    assert (tmp_path / "full" / "pipeline" / "model_index.json").exists()
+
+
+def test_pretraining_refuses_to_resume_a_different_config(tmp_path):
+    from alignbench.errors import UserError
+
+    Pretrainer(PretrainConfig(**{**TINY_PRETRAIN, "steps": 0, "vae_steps": 2}), tmp_path).run()
+    with pytest.raises(UserError, match="different pretraining config"):
+        Pretrainer(PretrainConfig(**{**TINY_PRETRAIN, "steps": 0, "vae_steps": 3}), tmp_path).run()
