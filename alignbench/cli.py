@@ -103,6 +103,11 @@ def show_cmd(kind: Annotated[str, typer.Argument(help="algorithm, task, model or
             n_train, n_test = (len(obj.prompts(s, domain)) for s in ("train", "test"))
             console.print(f"  domain {domain}: reward {spec.reward} (trains on '{spec.train_reward}'), "
                           f"metrics {', '.join(spec.metrics)}; prompts train {n_train}, test {n_test}")
+    elif reg.kind == "model" and hasattr(obj, "resolved_source"):
+        for field, value in obj.model_dump().items():
+            if field not in ("name", "description"):
+                console.print(f"  {field}: {value}", markup=False)
+        console.print(f"  resolved source: {obj.resolved_source()}", markup=False)
     elif getattr(obj, "__doc__", None):
         console.print(obj.__doc__.strip(), markup=False)
 
@@ -267,6 +272,7 @@ def pretrain_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
     config: Annotated[Path | None, typer.Option(help="YAML of PretrainConfig fields (model sizes, batch, lr, pool_size, …)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field, e.g. --set batch=32 or --set model.num_layers=3")] = None,
+    export: Annotated[Path | None, typer.Option(help="do not train: write the checkpoint in --out as a save_pretrained pipeline in this directory")] = None,
 ) -> None:
     """Pretrain the embedded backbone on ShapesWorld: VAE, then transformer + text encoders."""
     import time
@@ -282,6 +288,10 @@ def pretrain_cmd(
         raise UserError(f"--device: '{device}' requested but CUDA is not available here; allowed: cpu")
     if threads:
         torch.set_num_threads(threads)
+    if export is not None:
+        where = Pretrainer(cfg, out, device="cpu").export(export)
+        console.print(f"exported {out / 'checkpoint.pt'} ({where['phase']} phase, step {where['step']}) to {export}")
+        return
     with _progress() as bar:
         tasks: dict[str, int] = {}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -187,3 +188,21 @@ def test_pretraining_refuses_to_resume_a_different_config(tmp_path):
     Pretrainer(PretrainConfig(**{**TINY_PRETRAIN, "steps": 0, "vae_steps": 2}), tmp_path).run()
     with pytest.raises(UserError, match="different pretraining config"):
         Pretrainer(PretrainConfig(**{**TINY_PRETRAIN, "steps": 0, "vae_steps": 3}), tmp_path).run()
+
+
+def test_pretrain_command_runs_a_tiny_budget_and_rejects_bad_fields(tmp_path):
+    import yaml
+    from typer.testing import CliRunner
+
+    from alignbench.cli import app
+
+    cfg = tmp_path / "micro.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_PRETRAIN, "model": {**MICRO.model_dump(mode="json")}}))
+    r = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "run"), "--config", str(cfg), "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    summary = json.loads((tmp_path / "run" / "pretrain.json").read_text())
+    assert summary["config"]["steps"] == 2 and summary["throughput_images_per_s"]["flow"] > 0
+    assert (tmp_path / "run" / "pipeline" / "transformer" / "diffusion_pytorch_model.safetensors").exists()
+    bad = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "bad"), "--set", "batch=0"])
+    assert bad.exit_code == 2 and "batch" in bad.output and "Traceback" not in bad.output
+    assert not (tmp_path / "bad").exists()

@@ -204,6 +204,21 @@ class Pretrainer:
             self.opt.load_state_dict(state["optimizer"])
         return True
 
+    def export(self, dest: str | Path) -> dict:
+        """Write the current checkpoint's weights as a ``save_pretrained`` pipeline in ``dest``
+        (to look at a run in progress); returns ``{"phase", "step"}``.
+
+        Raises:
+            UserError: no checkpoint in the output directory.
+        """
+        if not self.load_checkpoint():
+            raise UserError(f"{self.out}: no checkpoint.pt to export")
+        from .spec import quiet_hf_progress
+
+        quiet_hf_progress()
+        self.pipe.to("cpu").save_pretrained(dest)
+        return {"phase": ("vae", "flow")[self.phase], "step": self.step}
+
     def _log(self, row: dict) -> None:
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
