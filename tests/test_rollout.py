@@ -75,7 +75,7 @@ def test_prefix_shared_leaves_equal_leaves_sampled_step_by_step(bb, plan):
     leaf = 0
     with torch.no_grad():
         for p in range(2):
-            def walk(x, path, depth, log_p):
+            def walk(p, x, path, depth, log_p):
                 nonlocal leaf
                 if depth == len(plan.steps):
                     assert torch.allclose(ro.leaves[leaf], x[0], atol=1e-5)
@@ -91,10 +91,10 @@ def test_prefix_shared_leaves_equal_leaves_sampled_step_by_step(bb, plan):
                         out = KERNELS[spec.kernel](x, v, float(sig[depth]), float(sig[depth + 1]), spec.eta,
                                                    noise=_noise(p, depth, path + (c,))[None])
                     lp = float(out.log_prob[0]) if spec.trained else 0.0
-                    walk(out.sample, path + (c,), depth + 1, log_p + lp)
+                    walk(p, out.sample, path + (c,), depth + 1, log_p + lp)
 
             for r in range(plan.n_roots):
-                walk(bb.initial_noise([seeds[p][r]]), (r,), 0, 0.0)
+                walk(p, bb.initial_noise([seeds[p][r]]), (r,), 0, 0.0)
     assert leaf == ro.leaves.shape[0]
 
 
