@@ -206,3 +206,22 @@ def test_pretrain_command_runs_a_tiny_budget_and_rejects_bad_fields(tmp_path):
     bad = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "bad"), "--set", "batch=0"])
     assert bad.exit_code == 2 and "batch" in bad.output and "Traceback" not in bad.output
     assert not (tmp_path / "bad").exists()
+
+
+def test_a_second_stage_starts_from_a_saved_pipeline_and_keeps_its_vae(tmp_path):
+    first = Pretrainer(PretrainConfig(**TINY_PRETRAIN), tmp_path / "stage1")
+    first.run()
+    cfg2 = PretrainConfig(**{**TINY_PRETRAIN, "vae_steps": 0, "steps": 2, "seed": 5,
+                             "init_from": str(tmp_path / "stage1" / "pipeline")})
+    second = Pretrainer(cfg2, tmp_path / "stage2")
+    a = _weights(first.pipe)
+    assert all(torch.equal(a[k], v) for k, v in _weights(second.pipe).items())  # starts from stage 1
+    second.run()
+    b = _weights(second.pipe)
+    assert all(torch.equal(a[k], b[k]) for k in a if k.startswith("vae."))  # VAE untouched
+    assert not torch.equal(a["transformer.proj_out.weight"], b["transformer.proj_out.weight"])
+    assert second.pipe.vae.config.scaling_factor == first.pipe.vae.config.scaling_factor
+    from alignbench.errors import UserError
+
+    with pytest.raises(UserError, match="init_from: cannot start from"):
+        Pretrainer(PretrainConfig(**{**TINY_PRETRAIN, "init_from": str(tmp_path / "missing")}), tmp_path / "x")

@@ -76,6 +76,8 @@ class PretrainConfig(StrictModel):
     pool_size: int = Field(60000, ge=16, description="scenes rendered and encoded once for the flow phase")
     ocr_fraction: float = Field(0.4, ge=0, le=1, description="share of sign scenes among captions")
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
+    init_from: str | None = Field(None, description="start from this save_pretrained pipeline (a previous "
+                                  "stage) instead of random weights; its VAE scaling is kept when vae_steps is 0")
 
 
 # ---------------------------------------------------------------------------------------- captions
@@ -153,12 +155,38 @@ class Pretrainer:
         self.world = WorldConfig(image_size=cfg.model.image_size)
         self.sampler = CaptionSampler(cfg.ocr_fraction)
         self.pipe = build_tiny_pipeline(cfg.model, seed=cfg.seed)
+        if cfg.init_from:
+            self._init_from(Path(cfg.init_from))
         self.pipe.to(self.device)
         self.phase, self.step = PHASE_VAE, 0
         self.opt: torch.optim.Optimizer | None = None
         self.timing = {"vae_seconds": 0.0, "flow_seconds": 0.0, "encode_seconds": 0.0}
         self.latents: torch.Tensor | None = None
         self.prompts: list[str] | None = None
+
+    def _init_from(self, path: Path) -> None:
+        """Copy every component's weights (and the VAE's shift/scaling) from a saved pipeline.
+
+        Raises:
+            UserError: the directory is not a pipeline with the configured component shapes.
+        """
+        from diffusers import FluxPipeline
+
+        from .spec import quiet_hf_progress
+
+        quiet_hf_progress()
+        if not (path / "model_index.json").is_file():
+            raise UserError(f"init_from: cannot start from '{path}': no model_index.json there (not a saved pipeline)")
+        try:
+            src = FluxPipeline.from_pretrained(str(path))
+            for n in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+                getattr(self.pipe, n).load_state_dict(getattr(src, n).state_dict())
+        except (OSError, ValueError, RuntimeError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"init_from: cannot start from '{path}': {first}") from None
+        self.pipe.vae.register_to_config(shift_factor=src.vae.config.shift_factor,
+                                         scaling_factor=src.vae.config.scaling_factor)
+        self._init_vae_factors = (src.vae.config.shift_factor, src.vae.config.scaling_factor)
 
     # ----------------------------------------------------------------------------- checkpointing
     @property
@@ -192,7 +220,11 @@ class Pretrainer:
         if not self.ckpt_path.exists():
             return False
         state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
-        if state["config"] != self.cfg.model_dump(mode="json"):
+        saved, current = state["config"], self.cfg.model_dump(mode="json")
+        defaults = PretrainConfig().model_dump(mode="json")
+        # fields added after the checkpoint was written match when they hold their default
+        saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}
+        if saved != current:
             raise UserError(f"{self.out}: holds a checkpoint of a different pretraining config; "
                             "use a new --out or the same settings to resume")
         for n, sd in state["models"].items():
@@ -301,7 +333,10 @@ class Pretrainer:
                 prompts.extend(p)
                 self.progress("encode", min(start + chunk, cfg.pool_size), cfg.pool_size, {})
         latents = torch.cat(lat)
-        shift, scale = latents.mean().item(), 1.0 / latents.std().item()
+        if cfg.init_from and cfg.vae_steps == 0:  # the VAE is unchanged: keep the scaling the model learnt with
+            shift, scale = self._init_vae_factors
+        else:
+            shift, scale = latents.mean().item(), 1.0 / latents.std().item()
         self.pipe.vae.register_to_config(shift_factor=shift, scaling_factor=scale)
         self.latents, self.prompts = (latents - shift) * scale, prompts
         self.timing["encode_seconds"] += time.perf_counter() - t0
