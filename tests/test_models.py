@@ -225,3 +225,19 @@ def test_a_second_stage_starts_from_a_saved_pipeline_and_keeps_its_vae(tmp_path)
 
     with pytest.raises(UserError, match="init_from: cannot start from"):
         Pretrainer(PretrainConfig(**{**TINY_PRETRAIN, "init_from": str(tmp_path / "missing")}), tmp_path / "x")
+
+
+def test_guidance_embedding_is_fed_when_the_transformer_has_one():
+    cfg = MICRO.model_copy(update={"guidance_embeds": True})
+    pipe = build_tiny_pipeline(cfg, seed=0)
+    low = FluxBackbone(pipe, 64, 64, max_sequence_length=20, guidance_scale=1.0)
+    emb = low.encode_prompts(["a photo of a ring"])
+    x = low.initial_noise([0])
+    with torch.no_grad():
+        v1 = low.velocity(x, 0.5, emb)
+        low.guidance_scale = 3.5
+        v35 = low.velocity(x, 0.5, emb)
+        direct = pipe.transformer(hidden_states=x, timestep=torch.tensor([0.5]), guidance=torch.tensor([3.5]),
+                                  pooled_projections=emb.pooled, encoder_hidden_states=emb.prompt_embeds,
+                                  txt_ids=emb.text_ids, img_ids=low._img_ids, return_dict=False)[0]
+    assert not torch.allclose(v1, v35) and torch.allclose(v35, direct)
