@@ -1,0 +1,65 @@
+"""TMPO's advantage, temperature and dynamic branch schedule (specs/algorithms.md §5)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from alignbench.algorithms.tmpo import branch_steps, reward_temperature, softmax_tb_advantage
+
+from alignbench.sampling.kernels import kernel_std
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_softmax_tb_identities(seed):
+    g = torch.Generator().manual_seed(seed)
+    r, lp = torch.randn(27, generator=g), torch.randn(27, generator=g) * 3 - 50
+    beta = 1.3
+    a = softmax_tb_advantage(r, lp, beta).double()
+    q, p = torch.softmax(beta * r.double(), 0), torch.softmax(lp.double(), 0)
+    kl_qp = (q * (q.log() - p.log())).sum()
+    kl_pq = (p * (p.log() - q.log())).sum()
+    assert (q * a).sum().item() == pytest.approx(kl_qp.item(), abs=1e-5) and kl_qp >= 0
+    assert (p * a).sum().item() == pytest.approx(-kl_pq.item(), abs=1e-5)
+
+
+def test_advantage_is_zero_when_the_policy_matches_the_target():
+    r = torch.tensor([0.5, -1.0, 2.0])
+    a = softmax_tb_advantage(r, 1.5 * r + 7.0, beta=1.5)  # log P = β·R̃ + const
+    assert torch.allclose(a, torch.zeros(3), atol=1e-6)
+
+
+def test_reward_temperature_curriculum():
+    assert reward_temperature(0) == pytest.approx(0.8)
+    assert reward_temperature(75) == pytest.approx(1.4)
+    assert reward_temperature(150) == reward_temperature(400) == pytest.approx(2.0)
+    assert reward_temperature(50, warmup=100) == pytest.approx(1.4)
+
+
+def test_branch_schedule_mean_follows_the_curriculum_and_stays_in_range():
+    early, late = (1, 2, 3), (1, 3, 5)
+    rng = np.random.default_rng(0)
+    for rho in (0.0, 0.5, 1.0):
+        draws = np.array([branch_steps(rho, 1, 5, early, late, 6.0, rng) for _ in range(4000)])
+        assert draws.min() >= 1 and draws.max() <= 5
+        assert np.all(np.diff(draws, axis=1) >= 1)  # distinct, sorted
+        target = [e + (lt - e) * rho for e, lt in zip(early, late, strict=True)]
+        # the Beta means are the targets; rounding, sorting and the gap rule move them a little
+        assert np.allclose(draws.mean(0), target, atol=0.45), (rho, draws.mean(0), target)
+    late_mean = np.array([branch_steps(1.0, 1, 5, early, late, 6.0, rng) for _ in range(2000)]).mean(0)
+    early_mean = np.array([branch_steps(0.0, 1, 5, early, late, 6.0, rng) for _ in range(2000)]).mean(0)
+    assert late_mean[2] - early_mean[2] > 1.0  # the last branch point moves later
+
+
+def test_branch_schedule_never_uses_a_step_without_noise():
+    # TMPO on a 6-step grid with cps: the last step (σ' = 0) has std 0, so s_max = 4 (0-based)
+    sig = np.linspace(1, 0, 7)
+    noisy = [i for i in range(6) if kernel_std("cps", sig[i], sig[i + 1], 0.7) > 0]
+    s_max = max(noisy)
+    assert s_max == 4
+    rng = np.random.default_rng(1)
+    for _ in range(2000):
+        steps = branch_steps(1.0, 1, s_max, (1, 2, 3), (1, 3, 5), 6.0, rng)
+        assert all(kernel_std("cps", sig[s], sig[s + 1], 0.7) > 0 for s in steps)
+    with pytest.raises(ValueError, match="do not fit"):
+        branch_steps(0.5, 1, 2, (1, 2, 3), (1, 2, 3), 6.0, rng)
