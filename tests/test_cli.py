@@ -35,7 +35,8 @@ def test_list_tasks_and_rewards():
     (("list", "algoritms"), ("unknown kind 'algoritms'", "allowed: algorithms, models, rewards, tasks", "did you mean 'algorithms'")),
     (("show", "task", "genevel"), ("unknown task 'genevel'", "allowed: geneval, ocr", "did you mean 'geneval'")),
     (("show", "algorithm", "tmpo"), ("unknown algorithm 'tmpo'", "no algorithms are registered")),
-    (("show", "model", "tiny-shapes"), ("unknown model 'tiny-shapes'",)),
+    (("show", "model", "tiny-shape"), ("unknown model 'tiny-shape'", "allowed: flux-dev, tiny-shapes",
+                                       "did you mean 'tiny-shapes'")),
     (("world", "sample", "--task", "gen-eval", "--n", "1"), ("unknown task 'gen-eval'", "did you mean 'geneval'")),
     (("world", "sample", "--n", "1", "--set", "size_max=80"), ("size_max",)),
     (("world", "sample", "--n", "1", "--set", "colour=red"), ("colour: unknown field",)),
@@ -144,3 +145,10 @@ def test_console_script_help_and_success_exit_codes(monkeypatch, capsys):
             main()
         assert exc.value.code == code, argv
         assert "Usage" in capsys.readouterr().out or argv == ["list", "tasks"]
+
+
+def test_list_and_show_models():
+    out = run("list", "models").output
+    assert "tiny-shapes" in out and "flux-dev" in out
+    shown = run("show", "model", "flux-dev").output
+    assert "black-forest-labs/FLUX.1-dev" in shown and "domain: natural" in shown and "eval_steps: 28" in shown
