@@ -84,3 +84,31 @@ def branch_steps(progress: float, s_min: int, s_max: int, early: Sequence[float]
         if i < n - 1:
             out[i] = min(out[i], out[i + 1] - 1)
     return out
+
+
+def tree_plan(num_steps: int, branch_at: Sequence[int], children: int = 3, eta: float = 0.7,
+              kernel: str = "cps", root_threshold: int = 1):
+    """The dynamic stochastic tree of one iteration as a :class:`~alignbench.sampling.plan.RolloutPlan`
+    (§5): ODE everywhere except the branch steps, where each node draws ``children`` independent
+    ``cps`` children (η = 0.7) from the shared parent; only branch edges are trained. A first branch
+    point at step ≤ ``root_threshold`` becomes ``children`` independent roots instead of a branch.
+
+    Args:
+        num_steps: T training sampling steps.
+        branch_at: sorted, distinct 0-based step indices (e.g. from :func:`branch_steps`).
+
+    Raises:
+        ValueError: branch steps out of range, unsorted or repeated.
+    """
+    from alignbench.sampling.plan import RolloutPlan, StepSpec
+
+    steps = list(branch_at)
+    if any(s < 0 or s >= num_steps for s in steps) or steps != sorted(set(steps)):
+        raise ValueError(f"branch steps must be sorted, distinct and in 0..{num_steps - 1}, got {steps}")
+    n_roots = 1
+    if steps and steps[0] <= root_threshold:
+        n_roots, steps = children, steps[1:]
+    spec = [StepSpec("ode") for _ in range(num_steps)]
+    for s in steps:
+        spec[s] = StepSpec(kernel, eta, children, True)
+    return RolloutPlan(n_roots, spec)

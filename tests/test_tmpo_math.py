@@ -63,3 +63,21 @@ def test_branch_schedule_never_uses_a_step_without_noise():
         assert all(kernel_std("cps", sig[s], sig[s + 1], 0.7) > 0 for s in steps)
     with pytest.raises(ValueError, match="do not fit"):
         branch_steps(0.5, 1, 2, (1, 2, 3), (1, 2, 3), 6.0, rng)
+
+
+def test_tree_plan_has_27_leaves_and_trains_only_branch_edges():
+    from alignbench.algorithms.tmpo import tree_plan
+
+    plan = tree_plan(6, [2, 3, 4])
+    assert plan.n_roots == 1 and plan.leaves_per_prompt() == 27
+    assert [i for i, s in enumerate(plan.steps) if s.trained] == [2, 3, 4]
+    assert all(s.kernel == "cps" and s.fanout == 3 and s.eta == 0.7 for s in plan.steps if s.trained)
+    assert all(s.kernel == "ode" and s.fanout == 1 for i, s in enumerate(plan.steps) if i not in (2, 3, 4))
+    # nodes per depth 1,1,1,3,9,27 → NFE 42; edges 3 + 9 + 27
+    assert plan.nfe_per_prompt() == 1 + 1 + 1 + 3 + 9 + 27 and plan.edges_per_prompt() == 39
+    roots = tree_plan(6, [1, 3, 4])  # a first branch point at step <= 1 becomes 3 independent roots
+    assert roots.n_roots == 3 and roots.leaves_per_prompt() == 27
+    assert [i for i, s in enumerate(roots.steps) if s.trained] == [3, 4]
+    assert roots.nfe_per_prompt() == 3 + 3 + 3 + 3 + 9 + 27  # nodes evaluated at steps 0..5
+    with pytest.raises(ValueError, match="sorted, distinct"):
+        tree_plan(6, [3, 3, 4])
