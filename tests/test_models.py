@@ -241,3 +241,18 @@ def test_guidance_embedding_is_fed_when_the_transformer_has_one():
                                   pooled_projections=emb.pooled, encoder_hidden_states=emb.prompt_embeds,
                                   txt_ids=emb.text_ids, img_ids=low._img_ids, return_dict=False)[0]
     assert not torch.allclose(v1, v35) and torch.allclose(v35, direct)
+
+
+@pytest.mark.parametrize("override,field", [
+    ("model.attention_head_dim=12", "axes_dims_rope"),
+    ("model.text_heads=3", "text_heads"),
+    ("model.vae_channels=[12,32,32]", "vae_norm_groups"),
+])
+def test_inconsistent_model_sizes_are_one_line_errors(tmp_path, override, field):
+    from typer.testing import CliRunner
+
+    from alignbench.cli import app
+
+    r = CliRunner().invoke(app, ["pretrain", "--out", str(tmp_path / "p"), "--set", override])
+    assert r.exit_code == 2 and field in r.output and "Traceback" not in r.output
+    assert not (tmp_path / "p").exists()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
-from pydantic import Field
+from pydantic import Field, model_validator
 from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
 from ..config import StrictModel
@@ -39,6 +39,18 @@ class TinyFluxConfig(StrictModel):
     axes_dims_rope: tuple[int, int, int] = Field((4, 6, 6))
     guidance_embeds: bool = Field(False, description="FLUX.1-dev's guidance embedding; off: no teacher to "
                                   "distil guidance from")
+
+    @model_validator(mode="after")
+    def _check_sizes(self) -> TinyFluxConfig:
+        if sum(self.axes_dims_rope) != self.attention_head_dim:
+            raise ValueError(f"axes_dims_rope {tuple(self.axes_dims_rope)} must sum to attention_head_dim "
+                             f"({self.attention_head_dim})")
+        if self.text_dim % self.text_heads:
+            raise ValueError(f"text_dim ({self.text_dim}) must be divisible by text_heads ({self.text_heads})")
+        if any(c % self.vae_norm_groups for c in self.vae_channels):
+            raise ValueError(f"vae_channels {tuple(self.vae_channels)} must be multiples of vae_norm_groups "
+                             f"({self.vae_norm_groups})")
+        return self
 
 
 def build_tiny_pipeline(cfg: TinyFluxConfig | None = None, seed: int = 0) -> FluxPipeline:
