@@ -100,7 +100,7 @@ def test_eval_bad_input_is_one_line(args, field, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_vae_check_on_perfect_and_random_autoencoders(micro_model):
+def test_vae_check_scores_originals_exactly_and_reports_what_an_untrained_vae_loses(micro_model):
     from alignbench.models.vae_check import vae_check
     from alignbench.task import get_task
 
