@@ -1,6 +1,13 @@
 """Algorithm plugins, one file each, installed as ``alignbench.algorithms``.
 
-Built-in algorithms register themselves in :data:`alignbench.registry.algorithms` as lazy
-entries; third-party ones through the ``alignbench.algorithms`` entry-point group or a dotted
-path ``pkg.module:Name``.
+Built-in algorithms are registered here as lazy entries of :data:`alignbench.registry.algorithms`
+(imported on first use); third-party ones come through the ``alignbench.algorithms`` entry-point
+group or a dotted path ``pkg.module:Name``.
 """
+
+from alignbench.registry import algorithms as _registry
+
+for _name, _target in {"flow_grpo": "alignbench.algorithms.flow_grpo:FlowGRPO",
+                       "tmpo": "alignbench.algorithms.tmpo:TMPO"}.items():
+    if _name not in _registry._entries:
+        _registry.register(_name, lazy=_target)

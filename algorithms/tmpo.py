@@ -1,8 +1,5 @@
 """TMPO: Trajectory Matching Policy Optimization (specs/algorithms.md §5).
 
-This file holds TMPO's math as the paper states it; the plugin class (plan, advantage, loss on the
-shared engine) is added with the engine.
-
 - Softmax Trajectory Balance advantage: q = softmax(β·R̃), p = softmax(log P_θ(τ)),
   A_i = log q_i − log p_i over the K leaves of one prompt.
 - Reward temperature β: linear from β₀ to β₁ over the first ``warmup`` iterations, then constant.
@@ -13,9 +10,17 @@ shared engine) is added with the engine.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
+from pydantic import Field
+
+from alignbench.sampling.kernels import kernel_std
+from alignbench.sampling.plan import Rollout, RolloutPlan
+from alignbench.training.algorithm import (Algorithm, AlgorithmConfig, PathBatch, Progress, Rewards,
+                                           register_algorithm)
+from alignbench.training.objectives import group_zscore
 
 Z_CLAMP = 20.0
 
@@ -112,3 +117,118 @@ def tree_plan(num_steps: int, branch_at: Sequence[int], children: int = 3, eta: 
     for s in steps:
         spec[s] = StepSpec(kernel, eta, children, True)
     return RolloutPlan(n_roots, spec)
+
+
+class TMPOConfig(AlgorithmConfig):
+    """TMPO hyperparameters; defaults are the paper's for FLUX.1-dev (specs/algorithms.md §5)."""
+
+    ratio: Literal["paper", "code"] = Field(
+        "paper", description="paper: trajectory ratio with RatioNorm; code: group-centred path log-ratio with "
+                             "detached GRPO-Guard 1/|Δ| edge weights (released code)")
+    kernel: Literal["cps", "flow_sde", "dance"] = Field("cps", description="branch kernel (paper: cps)")
+    eta: float = Field(0.7, ge=0, le=1, description="branch noise level η (paper: 0.7)")
+    children: int = Field(3, ge=2, description="children per branch point (paper: 3)")
+    s_min: int = Field(1, ge=0, description="earliest branch step (paper FLUX: 1)")
+    s_max: int = Field(5, ge=0, description="latest branch step, clamped to the last step with noise (paper FLUX: 5)")
+    early: tuple[float, ...] = Field((1, 2, 3), description="mean branch steps at the start (paper FLUX: 1, 2, 3)")
+    late: tuple[float, ...] = Field((1, 3, 5), description="mean branch steps at the end (paper FLUX: 1, 3, 5)")
+    kappa: float = Field(6.0, gt=0, description="Beta concentration κ (paper: 6)")
+    root_threshold: int = Field(1, ge=-1, description="a first branch point at step <= this becomes independent roots")
+    beta_start: float = Field(0.8, gt=0, description="reward temperature β at iteration 0 (paper: 0.8)")
+    beta_end: float = Field(2.0, gt=0, description="β after the warm-up (paper: 2.0)")
+    beta_warmup: int = Field(150, ge=0, description="iterations of the β ramp (paper: 150; 100 for OCR)")
+    lr: float = Field(3e-5, gt=0, description="paper: 3e-5 (5e-5 PickScore)")
+    lr_schedule: Literal["constant", "cosine"] = Field("cosine", description="paper: cosine decay to 0.1·lr")
+    grad_clip: float = Field(0.5, gt=0, description="paper: 0.5 (0.3 PickScore)")
+    inner_updates: int = Field(1, ge=1, description="paper: 1 inner update per iteration")
+    clip_range: float = Field(0.2, gt=0, description="paper: ε = 0.2 on the trajectory ratio")
+    kl_beta: float = Field(0.0, ge=0, description="reference penalty λ_ref (paper: optional, 0)")
+    ema_decay: float = Field(0.9, ge=0, lt=1, description="paper: EMA 0.9")
+    ema_every: int = Field(8, ge=1, description="paper: every 8 steps")
+
+
+@register_algorithm("tmpo")
+class TMPO(Algorithm):
+    """TMPO: Softmax-TB advantage over the leaves of a dynamic stochastic tree, trajectory-level ratio."""
+
+    description = "TMPO: Softmax Trajectory Balance advantage on a dynamic stochastic tree, trajectory ratio"
+    paper = "Trajectory Matching Policy Optimization (TMPO); specs/algorithms.md §5"
+    Config = TMPOConfig
+    loss_level = "path"
+    presets = {
+        # Embedded backbone, 10 train steps: the FLUX layout stretched from 6 to 10 steps (cps gives no
+        # noise on the last step, so s_max = 8), a LoRA learning rate for the 2.3M-parameter model and
+        # a β ramp and EMA interval that fit runs of tens of iterations.
+        "tiny-shapes": {"s_max": 8, "early": (1, 3, 5), "late": (1, 5, 8), "lr": 2e-3, "beta_warmup": 20,
+                        "ema_every": 1},
+    }
+
+    def __init__(self, config, ctx):
+        super().__init__(config, ctx)
+        c = config
+        if len(c.early) != len(c.late):
+            from alignbench.errors import ConfigError
+
+            raise ConfigError(f"algo.late: needs as many entries as algo.early ({len(c.early)}), got {len(c.late)}")
+        sig = [float(s) for s in ctx.sigmas]
+        noisy = [i for i in range(ctx.num_steps) if kernel_std(c.kernel, sig[i], sig[i + 1], c.eta) > 0]
+        #: s_max clamped so that every branch injects noise (§5: never branch where s = 0)
+        self.s_max = min(c.s_max, max(noisy) if noisy else -1)
+        if self.s_max - c.s_min + 1 < len(c.early):
+            from alignbench.errors import ConfigError
+
+            raise ConfigError(f"algo.s_max: {len(c.early)} branch points do not fit in steps {c.s_min}..{self.s_max} "
+                              f"(s_max clamped to the last step where {c.kernel} injects noise)")
+        self.last_branch: list[int] = []
+
+    def plan(self, progress: Progress, rng: np.random.Generator) -> RolloutPlan:
+        c = self.config
+        self.last_branch = branch_steps(progress.fraction, c.s_min, self.s_max, c.early, c.late, c.kappa, rng)
+        plan = tree_plan(self.ctx.num_steps, self.last_branch, c.children, c.eta, c.kernel, c.root_threshold)
+        self.check_plan(plan)
+        return plan
+
+    def beta(self, progress: Progress) -> float:
+        c = self.config
+        return reward_temperature(progress.iteration, c.beta_start, c.beta_end, c.beta_warmup)
+
+    def advantages(self, rollout: Rollout, rewards: Rewards, progress: Progress) -> torch.Tensor:
+        """Per-leaf Softmax-TB advantage: R̃ = Σ_k w_k·zscore_group(R_k) clamped ±20, log P from the
+        stored (old) edge log-probs, A = log softmax(β·R̃) − log softmax(log P) within each prompt."""
+        beta = self.beta(progress)
+        z = sum(w * group_zscore(rewards.scores[k], rewards.group) for k, w in rewards.weights.items())
+        log_p = rollout.path_log_prob()
+        adv = torch.zeros_like(rewards.total)
+        for g in rewards.group.unique():
+            m = rewards.group == g
+            adv[m] = softmax_tb_advantage(z[m], log_p[m], beta)
+        return adv
+
+    def edge_log_ratio_weights(self, rollout: Rollout) -> torch.Tensor:
+        """ratio: code — GRPO-Guard's detached 1/|Δ| weights (mean 1 over the trained edges); paper: 1."""
+        if self.config.ratio == "paper" or rollout.sigma.numel() == 0:
+            return torch.ones(rollout.sigma.shape[0])
+        inv = 1.0 / (rollout.sigma - rollout.sigma_next).abs().float()
+        return inv / inv.mean()
+
+    def path_loss(self, batch: PathBatch) -> tuple[torch.Tensor, dict[str, float]]:
+        """L = −mean_i min(r̃_i·A_i, clip(r̃_i, 1 ± ε)·A_i) with log r̃ = log-ratio + RatioNorm (paper) or
+        the group-centred log-ratio (code)."""
+        if self.config.ratio == "paper":
+            log_r = batch.log_ratio + batch.ratio_norm
+        else:
+            means = torch.zeros_like(batch.log_ratio)
+            for g in batch.group.unique():
+                m = batch.group == g
+                means = torch.where(m, batch.log_ratio[m].mean(), means)
+            log_r = batch.log_ratio - means
+        r = torch.exp(log_r)
+        eps, adv = self.config.clip_range, batch.advantages
+        loss = -torch.minimum(r * adv, r.clamp(1 - eps, 1 + eps) * adv).mean()
+        with torch.no_grad():
+            stats = {"clip_frac": float(((r - 1).abs() > eps).float().mean()),
+                     "approx_kl": float(0.5 * (log_r**2).mean()), "ratio_mean": float(r.mean())}
+        return loss, stats
+
+    def metrics(self, progress: Progress) -> dict:
+        return {"reward_beta": self.beta(progress), "branch_steps": list(self.last_branch)}

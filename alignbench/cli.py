@@ -376,6 +376,102 @@ def _print_eval(t, summary: dict) -> None:
                   f"scoring {summary['seconds']['score']:.1f} s)")
 
 
+@app.command("run")
+@user_errors
+def run_cmd(
+    algo: Annotated[str, typer.Option(help="algorithm: tmpo, flow_grpo, … (alignbench list algorithms) or pkg.module:Class")] = "tmpo",
+    task: Annotated[str, typer.Option(help="task name (geneval, ocr), pkg.module:NAME or task YAML")] = "geneval",
+    model: Annotated[str, typer.Option(help="registered model (tiny-shapes, flux-dev) or pkg.module:NAME")] = "tiny-shapes",
+    iterations: Annotated[int | None, typer.Option(min=1, help="training iterations (default: the model's protocol preset)")] = None,
+    seed: Annotated[int, typer.Option(help="seed of LoRA init, prompt choice and rollout noise")] = 0,
+    config: Annotated[Path | None, typer.Option(help="YAML with sections algo, protocol, eval, model")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a field, e.g. --set algo.lr=1e-3 --set protocol.group_size=9")] = None,
+    out: Annotated[Path, typer.Option(help="root of run directories")] = Path("results/runs"),
+    resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its last checkpoint")] = None,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
+) -> None:
+    """Train one algorithm on one task: evaluate the base model, train, evaluate the EMA model."""
+    import json
+
+    from .reporting.rundir import new_run_dir, write_run_json
+    from .task import get_task
+    from .training.trainer import NonFiniteError, Trainer, resolve_run_config
+
+    if resume is not None:
+        if set_ or config is not None or iterations is not None:
+            raise UserError("--resume: takes the configuration from the run directory; drop --set, --config and --iterations")
+        run_json = resume / "run.json"
+        if not run_json.is_file():
+            raise UserError(f"--resume: '{resume}' is not a run directory (no run.json)")
+        meta = json.loads(run_json.read_text())
+        if meta.get("kind") != "train":
+            raise UserError(f"--resume: '{resume}' is not a training run (kind '{meta.get('kind')}')")
+        cfg, run_dir = meta["config"], resume
+        if meta.get("status") == "finished":
+            console.print(f"{run_dir} is already finished")
+            _print_run_summary(cfg, meta["summary"], run_dir)
+            return
+    else:
+        cfg = resolve_run_config(algo, task, model, seed, config_file=config, overrides=set_, iterations=iterations)
+    from .models.spec import ModelSpec
+
+    spec = ModelSpec.model_validate(cfg["model"])
+    t = get_task(cfg.get("task_source", cfg["task"]))
+    backbone = _load_backbone(spec, device)
+    if resume is None:
+        run_dir = new_run_dir(out, t.name, spec.name, cfg["algorithm"], cfg["seed"])
+    write_run_json(run_dir, "train", cfg, cfg["seed"], "running")
+    with _progress() as bar:
+        jobs: dict[str, int] = {}
+
+        def report(event: str, info) -> None:
+            if event == "eval":
+                stage, done, total = info
+                if stage not in jobs:
+                    jobs[stage] = bar.add_task(stage, total=total)
+                bar.update(jobs[stage], completed=done)
+            elif event == "start":
+                done, total = info
+                jobs["train"] = bar.add_task(f"{cfg['algorithm']} {t.name}", total=total, completed=done)
+            elif event == "iteration":
+                bar.update(jobs["train"], completed=info["iteration"] + 1,
+                           description=f"{cfg['algorithm']} {t.name} reward {info['reward_mean']:.3f}")
+
+        trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
+        try:
+            summary = trainer.run()
+        except KeyboardInterrupt:
+            write_run_json(run_dir, "train", cfg, cfg["seed"], "interrupted")
+            err_console.print(f"interrupted after {trainer.start_iteration_done} checkpointed iteration(s); "
+                              f"continue with: alignbench run --resume {run_dir}")
+            raise typer.Exit(130) from None
+        except NonFiniteError:
+            write_run_json(run_dir, "train", cfg, cfg["seed"], "failed")
+            raise
+    write_run_json(run_dir, "train", cfg, cfg["seed"], "finished", {"summary": summary})
+    _print_run_summary(cfg, summary, run_dir)
+
+
+def _print_run_summary(cfg: dict, summary: dict, run_dir: Path) -> None:
+    base, final = summary["base"], summary["final"]
+    table = Table(title=f"{cfg['algorithm']} on {cfg['task']} ({cfg['model']['name']}, seed {cfg['seed']}, "
+                        f"{cfg['protocol']['iterations']} iterations): test split, base → final (EMA)")
+    table.add_column("metric")
+    for col in ("base", "final", "change"):
+        table.add_column(col, justify="right")
+    rows = [(k, base["metrics"]["overall"][k], final["metrics"]["overall"][k])
+            for k in base["metrics"]["overall"] if k != "n"]
+    rows.append(("lgmd", base["lgmd"], final["lgmd"]))
+    for k, b, f in rows:
+        table.add_row(k, f"{b:.3f}", f"{f:.3f}", f"{f - b:+.3f}")
+    console.print(table)
+    sec, cost = summary["seconds"], summary["cost"]
+    console.print(f"time: rollout {sec['rollout']:.0f} s, reward {sec['reward']:.0f} s, update {sec['update']:.0f} s, "
+                  f"eval {sec['eval_base'] + sec['eval_final']:.0f} s; per iteration {cost['seconds_per_iteration']:.1f} s, "
+                  f"{cost['nfe_per_iteration']:.0f} NFE, {cost['trained_edges_per_iteration']:.0f} trained edges")
+    console.print(f"wrote {run_dir}")
+
+
 @app.command("vae-check")
 @user_errors
 def vae_check_cmd(

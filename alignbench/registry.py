@@ -160,7 +160,7 @@ class Registry(Generic[T]):
         return text.strip().splitlines()[0] if text.strip() else ""
 
 
-algorithms: Registry[Any] = Registry("algorithm")
+algorithms: Registry[Any] = Registry("algorithm", builtins="alignbench.algorithms")
 models: Registry[Any] = Registry("model", builtins="alignbench.models.spec")
 rewards: Registry[Any] = Registry("reward", builtins="alignbench.rewards.builtin")
 # tasks get a loader in alignbench.task (YAML → Task); created there to avoid an import cycle.

@@ -1,0 +1,389 @@
+"""The trainer: one loop for every algorithm (DESIGN.md "Data flow of one iteration").
+
+prompts → ``algo.plan`` → rollout (θ_old, no grad) → decode → task reward per group →
+``algo.advantages`` → ``inner_updates`` × (recompute log-probs with grad → loss → backward → clip
+grad norm → AdamW step → EMA update) → one ``metrics.jsonl`` row. The starting model is evaluated
+before the first iteration and the EMA model after the last, with the evaluation protocol of
+:mod:`alignbench.evaluation`.
+
+Everything random in iteration n is drawn from generators seeded by (seed, n), so a run resumed
+from its checkpoint (LoRA weights, AdamW, schedule, EMA and algorithm state after iteration n − 1)
+repeats the uninterrupted run exactly. The loop runs on an ``accelerate.Accelerator``: one process
+on CPU; under ``accelerate launch`` each process takes its share of the iteration's prompts and the
+LoRA gradients are averaged before the optimizer step.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import resource
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from ..config import StrictModel, apply_overrides, deep_merge, load_yaml, validate
+from ..errors import ConfigError, UserError
+from ..evaluation import EvalConfig, evaluate, write_eval
+from ..io import atomic_write_bytes, write_json, write_jsonl
+from ..registry import algorithms
+from ..sampling.plan import execute
+from .algorithm import Algorithm, Context, Progress, Rewards
+from .ema import EMA
+from .update import accumulate_gradients
+
+
+class NonFiniteError(UserError):
+    """A log-prob, reward, advantage, loss or gradient became NaN/inf; the message names the
+    iteration and the quantity."""
+
+
+class ProtocolConfig(StrictModel):
+    """The matched-comparison protocol (specs/algorithms.md §6): what every algorithm of a comparison
+    shares."""
+
+    iterations: int = Field(40, ge=1, description="training iterations N")
+    prompts_per_iteration: int = Field(4, ge=1, description="prompts sampled (without replacement) per iteration")
+    group_size: int = Field(27, ge=2, description="K images (leaves) per prompt")
+    lora_rank: int = Field(8, ge=1, description="LoRA rank r")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA α (scale α/r)")
+    train_steps: int | None = Field(None, ge=2, description="sampling steps of rollouts; default: the model's")
+    reward_weights: dict[str, float] | None = Field(
+        None, description="training reward = Σ weight·sub-score; default: the task's train_reward with weight 1")
+    rollout_batch: int = Field(256, ge=1, description="rows per transformer forward during rollouts")
+    checkpoint_every: int = Field(1, ge=1, description="iterations between checkpoints")
+
+
+#: Protocol presets per model. tiny-shapes: sized so that ``alignbench run --algo tmpo --task
+#: geneval`` fits in 10 minutes on 2 CPU cores. flux-dev: 27 images per prompt (TMPO's 3×3×3 tree;
+#: Flow-GRPO's paper uses 24), LoRA r = 64, α = 128 as in every FLUX recipe of algorithms.md.
+PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
+    "tiny-shapes": {},
+    "flux-dev": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 27, "lora_rank": 64,
+                 "lora_alpha": 128.0, "rollout_batch": 16},
+}
+
+SECTIONS = ("algo", "protocol", "eval", "model")
+
+
+def algorithm_class(name: str) -> type[Algorithm]:
+    """The registered algorithm class for ``name`` (or ``pkg.module:Class``).
+
+    Raises:
+        UnknownNameError / UserError: unknown name (lists the known ones) or not an Algorithm.
+    """
+    cls = algorithms.get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Algorithm)):
+        raise UserError(f"--algo: '{name}' is not an alignbench Algorithm class")
+    return cls
+
+
+def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_file: str | Path | None = None,
+                       overrides: list[str] | None = None, iterations: int | None = None) -> dict[str, Any]:
+    """The fully resolved run configuration (written into ``run.json``).
+
+    Precedence per section: defaults < presets (model, task) < ``config_file`` < ``--set``
+    (``algo.*``, ``protocol.*``, ``eval.*``, ``model.*``) < ``iterations``.
+
+    Raises:
+        ConfigError: unknown section or field, bad value (message names the dotted field).
+    """
+    from ..models.spec import get_model
+    from ..task import get_task
+
+    file_data = load_yaml(config_file) if config_file else {}
+    set_data = apply_overrides({}, overrides or [])
+    for source, data in (("config file", file_data), ("--set", set_data)):
+        bad = sorted(set(data) - set(SECTIONS))
+        if bad:
+            raise ConfigError(f"{bad[0]}: unknown section in {source}; allowed: {', '.join(SECTIONS)}")
+    model_over = deep_merge(file_data.get("model", {}), set_data.get("model", {}))
+    spec = get_model(model, **model_over)
+    t = get_task(task)
+    t.domain(spec.domain)
+    cls = algorithm_class(algo)
+    algo_layers = [cls.presets.get(f"task:{t.name}", {}), cls.presets.get(spec.name, {}),
+                   cls.presets.get(f"{spec.name}:{t.name}", {}), file_data.get("algo", {}), set_data.get("algo", {})]
+    algo_data: dict[str, Any] = cls.Config().model_dump()
+    for layer in algo_layers:
+        algo_data = deep_merge(algo_data, layer)
+    algo_cfg = validate(cls.Config, algo_data, prefix="algo")
+    proto_data = deep_merge(ProtocolConfig().model_dump(), PROTOCOL_PRESETS.get(spec.name, {}))
+    proto_data = deep_merge(deep_merge(proto_data, file_data.get("protocol", {})), set_data.get("protocol", {}))
+    if iterations is not None:
+        proto_data["iterations"] = iterations
+    protocol = validate(ProtocolConfig, proto_data, prefix="protocol")
+    eval_cfg = validate(EvalConfig, deep_merge(deep_merge(EvalConfig().model_dump(), file_data.get("eval", {})),
+                                               set_data.get("eval", {})), prefix="eval")
+    weights = protocol.reward_weights or {t.domain(spec.domain).train_reward: 1.0}
+    keys = tuple(t.reward(spec.domain).keys)
+    for k in weights:
+        if k not in keys:
+            raise ConfigError(f"protocol.reward_weights: '{k}' is not a sub-score of the task's reward; "
+                              f"allowed: {', '.join(keys)}")
+    protocol = protocol.model_copy(update={"reward_weights": weights,
+                                           "train_steps": protocol.train_steps or spec.train_steps})
+    source = str(Path(task).resolve()) if task.endswith((".yaml", ".yml")) else task
+    return {"algorithm": algo, "task": t.name, "task_source": source, "seed": seed, "model": spec.model_dump(),
+            "protocol": protocol.model_dump(), "eval": eval_cfg.model_dump(), "algo": algo_cfg.model_dump(mode="json")}
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class Trainer:
+    """Runs (or resumes) one training run in ``run_dir``.
+
+    Args:
+        run_dir: the run directory (``run.json`` config, ``metrics.jsonl``, ``eval_base.*``,
+            ``eval.*``, ``samples/``, ``checkpoint/``).
+        config: the resolved config (:func:`resolve_run_config`).
+        backbone: the loaded backbone adapter (no LoRA yet).
+        task: the loaded task.
+        accelerator: an ``accelerate.Accelerator`` (default: a CPU one).
+        progress: ``progress(event, info)`` with events ``eval`` (stage, done, total),
+            ``iteration`` (the metrics row) and ``start`` (first iteration, total).
+    """
+
+    def __init__(self, run_dir: Path, config: dict[str, Any], backbone, task, accelerator=None,
+                 progress: Callable[[str, Any], None] | None = None):
+        from accelerate import Accelerator
+
+        self.run_dir, self.config, self.backbone, self.task = Path(run_dir), config, backbone, task
+        self.acc = accelerator or Accelerator(cpu=backbone.device.type == "cpu")
+        self.progress = progress or (lambda *a: None)
+        self.protocol = ProtocolConfig.model_validate(config["protocol"])
+        self.eval_cfg = EvalConfig.model_validate(config["eval"])
+        cls = algorithm_class(config["algorithm"])
+        self.seed = int(config["seed"])
+        domain = config["model"]["domain"]
+        self.reward = task.reward(domain)
+        self.train_prompts = task.prompts("train", domain)
+        if self.protocol.prompts_per_iteration > len(self.train_prompts):
+            raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
+                              f"{len(self.train_prompts)} train prompts of task '{task.name}'")
+        steps = self.protocol.train_steps
+        self.weights = dict(self.protocol.reward_weights)
+        ctx = Context(num_steps=steps, sigmas=backbone.sigmas(steps).tolist(), group_size=self.protocol.group_size,
+                      iterations=self.protocol.iterations, task=task, reward_weights=self.weights)
+        self.algo: Algorithm = cls(cls.Config.model_validate(config["algo"]), ctx)
+        c = self.algo.config
+        self.params = backbone.add_lora(self.protocol.lora_rank, self.protocol.lora_alpha, seed=self.seed)
+        self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.adam_betas), weight_decay=c.weight_decay)
+        total = self.protocol.iterations * c.inner_updates
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s, total))
+        self.ema = EMA(self.params, c.ema_decay, c.ema_every)
+        self.rows: list[dict[str, Any]] = []
+        self.start_iteration_done = 0  # iterations covered by the checkpoint on disk
+
+    # ------------------------------------------------------------------------------ schedule
+    def _lr_factor(self, step: int, total: int) -> float:
+        c = self.algo.config
+        if c.warmup_steps and step < c.warmup_steps:
+            return (step + 1) / c.warmup_steps
+        if c.lr_schedule == "constant":
+            return 1.0
+        t = min(1.0, (step - c.warmup_steps) / max(1, total - c.warmup_steps))
+        return c.lr_min_ratio + (1 - c.lr_min_ratio) * 0.5 * (1 + math.cos(math.pi * t))
+
+    # ------------------------------------------------------------------------------ checkpoints
+    @property
+    def checkpoint_path(self) -> Path:
+        return self.run_dir / "checkpoint" / "state.pt"
+
+    def save_checkpoint(self, iterations_done: int) -> None:
+        """Atomically write ``checkpoint/state.pt`` (everything needed to resume) and
+        ``checkpoint/adapter.safetensors`` (the EMA LoRA weights, the model that is evaluated)."""
+        from safetensors.torch import save as st_save
+
+        if not self.acc.is_main_process:
+            return
+        names = [n for n, p in self.backbone.transformer.named_parameters() if "lora_" in n]
+        state = {"iterations_done": iterations_done, "lora": [p.detach().cpu().clone() for p in self.params],
+                 "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                 "ema": self.ema.state_dict(), "algo": self.algo.state_dict(), "names": names}
+        buf = io.BytesIO()
+        torch.save(state, buf)
+        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+        ema = {n: s.detach().cpu().contiguous() for n, s in zip(names, self.ema.shadow, strict=True)}
+        atomic_write_bytes(self.checkpoint_path.with_name("adapter.safetensors"),
+                           st_save(ema, metadata={"iterations_done": str(iterations_done)}))
+
+    def load_checkpoint(self) -> int:
+        """Restore the state of ``checkpoint/state.pt``; returns the iterations already done (0 if none).
+
+        Raises:
+            UserError: the checkpoint cannot be read.
+        """
+        if not self.checkpoint_path.exists():
+            return 0
+        try:
+            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
+            raise UserError(f"checkpoint '{self.checkpoint_path}' cannot be read ({type(exc).__name__}); "
+                            "delete it to restart the run from scratch") from None
+        with torch.no_grad():
+            for p, v in zip(self.params, state["lora"], strict=True):
+                p.copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.ema.load_state_dict(state["ema"])
+        self.algo.load_state_dict(state["algo"])
+        return int(state["iterations_done"])
+
+    # ------------------------------------------------------------------------------ evaluation
+    def _evaluate(self, prefix: str) -> dict[str, Any]:
+        path = self.run_dir / f"{prefix}.json"
+        if path.exists():
+            import json
+
+            return json.loads(path.read_text())
+        t0 = time.perf_counter()
+        result = evaluate(self.backbone, self.task, self.eval_cfg, self.config["model"]["eval_steps"],
+                          progress=lambda stage, done, total: self.progress("eval", (f"{prefix} {stage}", done, total)))
+        result.summary["seconds"]["total"] = time.perf_counter() - t0
+        if self.acc.is_main_process:
+            write_eval(self.run_dir, result, self.task.spec.format, prefix=prefix,
+                       grid_prompts=self.eval_cfg.grid_prompts)
+        return result.summary
+
+    # ------------------------------------------------------------------------------ the loop
+    def _check(self, iteration: int, name: str, value: torch.Tensor | float) -> None:
+        t = torch.as_tensor(value)
+        if not bool(torch.isfinite(t).all()):
+            bad = t[~torch.isfinite(t)].flatten()[0].item() if t.numel() > 1 else t.item()
+            done = self.start_iteration_done
+            raise NonFiniteError(f"iteration {iteration}: non-finite {name} ({bad}); run stopped. The last checkpoint "
+                                 f"(after {done} iteration(s)) in {self.run_dir / 'checkpoint'} is intact")
+
+    def iteration(self, it: int) -> dict[str, Any]:
+        """Run iteration ``it`` (0-based) and return its metrics row."""
+        t_start = time.perf_counter()
+        proto, c, bb = self.protocol, self.algo.config, self.backbone
+        progress = Progress(it, proto.iterations)
+        rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, it]))
+        plan = self.algo.plan(progress, rng)
+        chosen = rng.choice(len(self.train_prompts), proto.prompts_per_iteration, replace=False)
+        norm = plan.normalized()
+        root_seeds = rng.integers(0, 2**62, size=(len(chosen), norm.n_roots)).tolist()
+        gen = torch.Generator("cpu").manual_seed(int(rng.integers(0, 2**62)))
+        mine = list(range(self.acc.process_index, len(chosen), self.acc.num_processes))
+        records = [self.train_prompts[int(chosen[i])] for i in mine]
+        embeds = bb.encode_prompts([r["prompt"] for r in records])
+        nfe0 = bb.nfe
+        rollout = execute(bb, plan, embeds, [root_seeds[i] for i in mine], generator=gen,
+                          reduction=c.logprob_reduction, batch_size=proto.rollout_batch)
+        self._check(it, "log-prob", rollout.log_prob)
+        t_rollout = time.perf_counter()
+
+        images = (bb.decode(rollout.leaves).clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        scores: dict[str, list[torch.Tensor]] = {k: [] for k in self.reward.keys}
+        for p, rec in enumerate(records):  # rewards per group
+            idx = (rollout.leaf_prompt == p).nonzero().flatten().tolist()
+            out = self.reward.score([images[i] for i in idx], [rec["prompt"]] * len(idx), [rec] * len(idx))
+            for k in scores:
+                scores[k].append(out[k].float())
+        score_t = {k: torch.cat(v) for k, v in scores.items()}
+        total = sum(w * score_t[k] for k, w in self.weights.items())
+        self._check(it, "reward", total)
+        rewards = Rewards(total, score_t, rollout.leaf_prompt.clone(), self.weights)
+        adv = self.algo.advantages(rollout, rewards, progress)
+        self._check(it, "advantage", adv)
+        t_reward = time.perf_counter()
+
+        upd: list[dict[str, float]] = []
+        grad_norms = []
+        for u in range(c.inner_updates):
+            self.optimizer.zero_grad(set_to_none=True)
+            with self.acc.autocast():
+                st = accumulate_gradients(bb, self.algo, rollout, embeds, adv, reuse_old=(u == 0),
+                                          backward=self.acc.backward)
+            self._check(it, "loss", st["loss"])
+            if self.acc.num_processes > 1:
+                for p in self.params:
+                    if p.grad is not None:
+                        p.grad = self.acc.reduce(p.grad, reduction="mean")
+            gn = self.acc.clip_grad_norm_(self.params, c.grad_clip)
+            self._check(it, "gradient norm", gn)
+            grad_norms.append(float(gn))
+            self.optimizer.step()
+            self.scheduler.step()
+            self.ema.step()
+            upd.append(st)
+        t_update = time.perf_counter()
+
+        reward_all = self.acc.gather(total.to(self.acc.device)).cpu()
+        row: dict[str, Any] = {
+            "iteration": it,
+            "reward_mean": float(reward_all.mean()), "reward_std": float(reward_all.std(unbiased=False)),
+            **{f"reward_{k}": float(v.mean()) for k, v in score_t.items()},
+            "adv_mean": float(adv.mean()), "adv_std": float(adv.std(unbiased=False)),
+            "adv_min": float(adv.min()), "adv_max": float(adv.max()),
+            "loss": float(np.mean([s["loss"] for s in upd])),
+            "clip_frac": float(np.mean([s["clip_frac"] for s in upd])),
+            "approx_kl": float(np.mean([s["approx_kl"] for s in upd])),
+            "ratio_mean": float(np.mean([s["ratio_mean"] for s in upd])),
+            "kl": float(np.mean([s["kl"] for s in upd])),
+            "grad_norm": float(np.mean(grad_norms)),
+            "lr": float(self.scheduler.get_last_lr()[0]), "kl_beta": c.kl_beta,
+            **self.algo.metrics(progress),
+            "nfe": int(bb.nfe - nfe0), "trained_edges": int(rollout.x.shape[0]), "leaves": int(rollout.leaves.shape[0]),
+            "seconds": {"rollout": t_rollout - t_start, "reward": t_reward - t_rollout, "update": t_update - t_reward,
+                        "total": time.perf_counter() - t_start},
+            "peak_memory_mb": _peak_memory_mb(bb.device),
+        }
+        return row
+
+    def run(self) -> dict[str, Any]:
+        """Evaluate the base model (once), train the remaining iterations, evaluate the EMA model.
+
+        Returns:
+            ``{"base": eval summary, "final": eval summary, "seconds": {...}}`` (also in ``run.json``).
+
+        Raises:
+            NonFiniteError: a non-finite quantity (the checkpoint of the last good iteration is kept).
+            KeyboardInterrupt: passed on after the last finished iteration's checkpoint is on disk.
+        """
+        from ..io import read_jsonl
+
+        done = self.load_checkpoint()
+        self.start_iteration_done = done
+        metrics_path = self.run_dir / "metrics.jsonl"
+        self.rows = [r for r in (read_jsonl(metrics_path) if metrics_path.exists() else []) if r["iteration"] < done]
+        t0 = time.perf_counter()
+        base = self._evaluate("eval_base")
+        t_base = time.perf_counter() - t0
+        self.progress("start", (done, self.protocol.iterations))
+        for it in range(done, self.protocol.iterations):
+            row = self.iteration(it)
+            self.rows.append(row)
+            if self.acc.is_main_process:
+                write_jsonl(metrics_path, self.rows)
+            if (it + 1) % self.protocol.checkpoint_every == 0 or it + 1 == self.protocol.iterations:
+                self.save_checkpoint(it + 1)
+                self.start_iteration_done = it + 1
+            self.progress("iteration", row)
+        t1 = time.perf_counter()
+        with self.ema.swapped():
+            final = self._evaluate("eval")
+        split = {k: float(sum(r["seconds"][k] for r in self.rows)) for k in ("rollout", "reward", "update")}
+        summary = {"base": base, "final": final,
+                   "seconds": {**split, "eval_base": base["seconds"].get("total", t_base),
+                               "eval_final": final["seconds"].get("total", time.perf_counter() - t1),
+                               "train_total": float(sum(r["seconds"]["total"] for r in self.rows))},
+                   "cost": {"seconds_per_iteration": float(np.mean([r["seconds"]["total"] for r in self.rows])),
+                            "nfe_per_iteration": float(np.mean([r["nfe"] for r in self.rows])),
+                            "trained_edges_per_iteration": float(np.mean([r["trained_edges"] for r in self.rows])),
+                            "peak_memory_mb": float(max(r["peak_memory_mb"] for r in self.rows))}}
+        if self.acc.is_main_process:
+            write_json(self.run_dir / "summary.json", summary)
+        return summary
+
