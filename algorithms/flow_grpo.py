@@ -16,8 +16,7 @@ import torch
 from pydantic import Field
 
 from alignbench.sampling.plan import Rollout, RolloutPlan, StepSpec
-from alignbench.training.algorithm import (Algorithm, AlgorithmConfig, Progress, Rewards,
-                                           register_algorithm)
+from alignbench.training.algorithm import Algorithm, AlgorithmConfig, Progress, Rewards, register_algorithm
 from alignbench.training.objectives import group_zscore
 
 
@@ -80,7 +79,7 @@ class FlowGRPO(Algorithm):
     presets = {
         # Embedded backbone (10 train steps): the SD3.5 GenEval/OCR settings (η 0.7, β 0.04), a
         # learning rate for the 2.3M-parameter transformer's LoRA, EMA every step (short runs).
-        "tiny-shapes": {"eta": 0.7, "kl_beta": 0.04, "lr": 1e-3, "ema_every": 1, "clip_range": 1e-3},
+        "tiny-shapes": {"eta": 0.7, "kl_beta": 0.04, "lr": 3e-4, "ema_every": 1, "clip_range": 1e-3},
     }
 
     def plan(self, progress: Progress, rng: np.random.Generator) -> RolloutPlan:

@@ -18,8 +18,14 @@ from pydantic import Field
 
 from alignbench.sampling.kernels import kernel_std
 from alignbench.sampling.plan import Rollout, RolloutPlan
-from alignbench.training.algorithm import (Algorithm, AlgorithmConfig, PathBatch, Progress, Rewards,
-                                           register_algorithm)
+from alignbench.training.algorithm import (
+    Algorithm,
+    AlgorithmConfig,
+    PathBatch,
+    Progress,
+    Rewards,
+    register_algorithm,
+)
 from alignbench.training.objectives import group_zscore
 
 Z_CLAMP = 20.0
@@ -156,10 +162,11 @@ class TMPO(Algorithm):
     Config = TMPOConfig
     loss_level = "path"
     presets = {
+        "task:ocr": {"beta_warmup": 100},  # paper: the β ramp lasts 100 iterations for OCR
         # Embedded backbone, 10 train steps: the FLUX layout stretched from 6 to 10 steps (cps gives no
         # noise on the last step, so s_max = 8), a LoRA learning rate for the 2.3M-parameter model and
         # a β ramp and EMA interval that fit runs of tens of iterations.
-        "tiny-shapes": {"s_max": 8, "early": (1, 3, 5), "late": (1, 5, 8), "lr": 2e-3, "beta_warmup": 20,
+        "tiny-shapes": {"s_max": 8, "early": (1, 3, 5), "late": (1, 5, 8), "lr": 3e-4, "beta_warmup": 20,
                         "ema_every": 1},
     }
 

@@ -108,6 +108,16 @@ def show_cmd(kind: Annotated[str, typer.Argument(help="algorithm, task, model or
             if field not in ("name", "description"):
                 console.print(f"  {field}: {value}", markup=False)
         console.print(f"  resolved source: {obj.resolved_source()}", markup=False)
+    elif reg.kind == "algorithm" and hasattr(obj, "Config"):
+        console.print(f"  paper: {obj.paper}", markup=False)
+        table = Table(title=f"{name} config (paper defaults; presets: {', '.join(obj.presets) or 'none'})")
+        for col in ("field", "default", "source / meaning"):
+            table.add_column(col)
+        for field, info in obj.Config.model_fields.items():
+            table.add_row(field, repr(info.default), info.description or "")
+        console.print(table)
+        for preset, values in obj.presets.items():
+            console.print(f"  preset {preset}: {values}", markup=False)
     elif getattr(obj, "__doc__", None):
         console.print(obj.__doc__.strip(), markup=False)
 
@@ -437,7 +447,14 @@ def run_cmd(
                 bar.update(jobs["train"], completed=info["iteration"] + 1,
                            description=f"{cfg['algorithm']} {t.name} reward {info['reward_mean']:.3f}")
 
-        trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
+        try:
+            trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
+        except UserError:
+            if resume is None:  # nothing was trained: leave no half-made run directory behind
+                import shutil
+
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
         try:
             summary = trainer.run()
         except KeyboardInterrupt:

@@ -28,13 +28,19 @@ def test_list_tasks_and_rewards():
     out = run("list", "tasks").output
     assert "geneval" in out and "ocr" in out and "shapes" in out
     assert "geneval-shapes" in run("list", "rewards").output
-    assert "no algorithms registered" in run("list", "algorithms").output
+    out = run("list", "algorithms").output
+    assert "flow_grpo" in out and "tmpo" in out and "Softmax Trajectory Balance" in out
+
+
+def test_show_algorithm_prints_paper_defaults_and_presets():
+    out = run("show", "algorithm", "tmpo").output
+    assert "paper: 3e-5" in out and "preset tiny-shapes" in out and "clip_range" in out
 
 
 @pytest.mark.parametrize("args, fragments", [
     (("list", "algoritms"), ("unknown kind 'algoritms'", "allowed: algorithms, models, rewards, tasks", "did you mean 'algorithms'")),
     (("show", "task", "genevel"), ("unknown task 'genevel'", "allowed: geneval, ocr", "did you mean 'geneval'")),
-    (("show", "algorithm", "tmpo"), ("unknown algorithm 'tmpo'", "no algorithms are registered")),
+    (("show", "algorithm", "tmp"), ("unknown algorithm 'tmp'", "allowed: flow_grpo, tmpo", "did you mean 'tmpo'")),
     (("show", "model", "tiny-shape"), ("unknown model 'tiny-shape'", "allowed: flux-dev, tiny-shapes",
                                        "did you mean 'tiny-shapes'")),
     (("world", "sample", "--task", "gen-eval", "--n", "1"), ("unknown task 'gen-eval'", "did you mean 'geneval'")),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from alignbench.algorithms.flow_grpo import FlowGRPO
 from alignbench.algorithms.tmpo import TMPO
+
 from alignbench.models.backbone import FluxBackbone
 from alignbench.models.tiny import build_tiny_pipeline
 from alignbench.sampling.kernels import KERNELS

@@ -175,6 +175,7 @@ class Trainer:
         ctx = Context(num_steps=steps, sigmas=backbone.sigmas(steps).tolist(), group_size=self.protocol.group_size,
                       iterations=self.protocol.iterations, task=task, reward_weights=self.weights)
         self.algo: Algorithm = cls(cls.Config.model_validate(config["algo"]), ctx)
+        self.algo.check_plan(self.algo.plan(Progress(0, self.protocol.iterations), np.random.default_rng(0)))
         c = self.algo.config
         self.params = backbone.add_lora(self.protocol.lora_rank, self.protocol.lora_alpha, seed=self.seed)
         self.optimizer = torch.optim.AdamW(self.params, lr=c.lr, betas=tuple(c.adam_betas), weight_decay=c.weight_decay)

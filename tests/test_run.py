@@ -1,0 +1,180 @@
+"""`alignbench run` end to end on the embedded backbone with a tiny budget: a real training effect,
+the run directory, exact resume after Ctrl-C and SIGKILL, and the non-finite stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from alignbench.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
+        "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4", "--set", "protocol.prompts_per_iteration=1"]
+TMPO_TINY = ["--set", "algo.children=2", "--set", "algo.early=[1,2]", "--set", "algo.late=[1,2]", "--set", "algo.s_max=2"]
+VOLATILE = ("seconds", "peak_memory_mb")
+
+BRIGHT = '''
+import numpy as np, torch
+from alignbench.rewards.base import Reward
+
+class Bright(Reward):
+    """Mean brightness in [0, 1] (a reward the policy can learn in a few iterations)."""
+    keys = ("partial", "accuracy", "strict")
+    nan_after = None  # training calls (batches of 4 images) after which the reward is NaN
+
+    def score(self, images, prompts, metadata):
+        v = torch.tensor([float(np.asarray(im).mean() / 255) for im in images])
+        if len(images) == 4:
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.nan_after is not None and self.calls > self.nan_after:
+                v[0] = float("nan")
+        return {k: v for k in self.keys}
+
+    def details(self, images, prompts, metadata):
+        s = self.score(images, prompts, metadata)
+        return [{**{k: float(s[k][i]) for k in self.keys}, "detections": []} for i in range(len(prompts))]
+
+class BrightNaN(Bright):
+    nan_after = 1
+'''
+
+
+@pytest.fixture()
+def bright_task(tmp_path, monkeypatch):
+    """A task whose reward is image brightness (and one whose reward turns NaN at iteration 1)."""
+    (tmp_path / "bright_reward.py").write_text(BRIGHT)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    data = REPO / "tasks" / "data"
+    paths = {}
+    for name, cls in (("bright", "Bright"), ("bright-nan", "BrightNaN")):
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(textwrap.dedent(f"""\
+            name: {name}
+            description: mean image brightness
+            format: geneval
+            domains:
+              shapes:
+                prompts: {{train: {data / 'geneval_train.jsonl'}, test: {data / 'geneval_test.jsonl'}}}
+                reward: bright_reward:{cls}
+                train_reward: partial
+                metrics: [partial]
+            """))
+        paths[name] = str(p)
+    return paths
+
+
+def _run_dir(root: Path) -> Path:
+    (d,) = [p.parent for p in root.rglob("run.json")]
+    return d
+
+
+def _metrics(run_dir: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
+
+
+def test_run_trains_and_writes_the_run_directory(tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(app, ["run", "--algo", "tmpo", "--task", "geneval", "--iterations", "2", "--out",
+                              str(tmp_path), *TINY, *TMPO_TINY])
+    assert res.exit_code == 0, res.output
+    run_dir = _run_dir(tmp_path)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["status"] == "finished" and meta["config"]["algo"]["ratio"] == "paper"
+    rows = _metrics(run_dir)
+    assert [r["iteration"] for r in rows] == [0, 1]
+    assert all(r["leaves"] == 4 and r["grad_norm"] > 0 and r["nfe"] > 0 for r in rows)
+    for prefix in ("eval_base", "eval"):
+        summary = json.loads((run_dir / f"{prefix}.json").read_text())
+        assert summary["n_images"] == 6 and "accuracy" in summary["metrics"]["overall"]
+        assert (run_dir / "samples" / f"{prefix}_grid.png").is_file()
+    from safetensors.torch import load_file
+
+    adapter = load_file(run_dir / "checkpoint" / "adapter.safetensors")
+    lora_b = [v for k, v in adapter.items() if "lora_B" in k]
+    assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)  # B starts at 0: training moved it
+    assert "base" in res.output and "final" in res.output
+
+
+@pytest.mark.parametrize("algo,extra", [("tmpo", TMPO_TINY), ("flow_grpo", [])])
+def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
+    res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", bright_task["bright"], "--iterations", "6",
+                                   "--out", str(tmp_path), *TINY, *extra, "--set", "algo.lr=3e-3"])
+    assert res.exit_code == 0, res.output
+    rows = _metrics(_run_dir(tmp_path))
+    first, last = rows[0]["reward_mean"], rows[-1]["reward_mean"]
+    assert last > first + 0.05, [r["reward_mean"] for r in rows]
+
+
+def _spawn(args: list[str]) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig):
+    args = ["run", "--algo", "tmpo", "--task", "geneval", "--iterations", "12", *TINY, *TMPO_TINY]
+    ref = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ref")])
+    assert ref.exit_code == 0, ref.output
+    proc = _spawn([*args, "--out", str(tmp_path / "cut")])
+    deadline = time.time() + 120
+    metrics = None
+    while time.time() < deadline:
+        found = list((tmp_path / "cut").rglob("metrics.jsonl"))
+        if found and len(found[0].read_text().splitlines()) >= 3:
+            metrics = found[0]
+            break
+        time.sleep(0.05)
+    assert metrics is not None, proc.communicate()
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    run_dir = metrics.parent
+    done = len(_metrics(run_dir))
+    assert done < 12, "the run finished before the signal; raise --iterations"
+    if sig == signal.SIGINT:
+        assert proc.returncode == 130 and "--resume" in err
+        assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    res = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert res.exit_code == 0, res.output
+    assert _metrics(run_dir) == _metrics(_run_dir(tmp_path / "ref"))
+    final = json.loads((run_dir / "eval.json").read_text())["metrics"]
+    assert final == json.loads((_run_dir(tmp_path / "ref") / "eval.json").read_text())["metrics"]
+
+
+def test_non_finite_reward_stops_the_run_and_keeps_the_checkpoint(tmp_path, bright_task):
+    res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", bright_task["bright-nan"], "--iterations",
+                                   "4", "--out", str(tmp_path), *TINY])
+    assert res.exit_code == 2
+    assert "iteration 1: non-finite reward (nan)" in res.output
+    run_dir = _run_dir(tmp_path)
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
+    assert state["iterations_done"] == 1
+    assert len(_metrics(run_dir)) == 1
+
+
+def test_bad_run_options_are_one_line_errors(tmp_path):
+    runner = CliRunner()
+    cases = [
+        (["--set", "algo.nope=1"], "algo.nope: unknown field"),
+        (["--set", "protocol.group_size=9"], "protocol.group_size: tmpo's plan gives 27 images per prompt"),
+        (["--set", "algo.ratio=other"], "algo.ratio"),
+        (["--algo", "tmpp"], "did you mean 'tmpo'"),
+        (["--set", "bogus.x=1"], "bogus: unknown section"),
+    ]
+    for extra, msg in cases:
+        res = runner.invoke(app, ["run", "--iterations", "1", "--out", str(tmp_path), *TINY[:2], *extra])
+        assert res.exit_code == 2, (extra, res.output)
+        assert msg in res.output and "Traceback" not in res.output, (extra, res.output)
