@@ -118,9 +118,11 @@ def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
     assert last > first + 0.05, [r["reward_mean"] for r in rows]
 
 
-def _spawn(args: list[str]) -> subprocess.Popen:
+def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
+    # run outside the checkout: `python -m` puts the working directory on sys.path, and the checkout's
+    # alignbench/ lacks alignbench.tasks (mapped from tasks/ at install time)
     return subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=REPO)
+                            stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
@@ -128,7 +130,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig):
     args = ["run", "--algo", "tmpo", "--task", "geneval", "--iterations", "12", *TINY, *TMPO_TINY]
     ref = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ref")])
     assert ref.exit_code == 0, ref.output
-    proc = _spawn([*args, "--out", str(tmp_path / "cut")])
+    proc = _spawn([*args, "--out", str(tmp_path / "cut")], cwd=tmp_path)
     deadline = time.time() + 120
     metrics = None
     while time.time() < deadline:
