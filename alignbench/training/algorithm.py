@@ -20,7 +20,7 @@ from pydantic import Field
 from ..config import StrictModel
 from ..registry import algorithms
 from ..sampling.plan import Rollout, RolloutPlan
-from .objectives import clipped_surrogate
+from .objectives import clipped_surrogate_per_edge
 
 
 class AlgorithmConfig(StrictModel):
@@ -152,12 +152,7 @@ class Algorithm:
                   advantages: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Per-edge loss, float [E'] (the engine averages over all E edges), and stats. Default: the
         PPO clipped surrogate with ``config.clip_range`` (specs/algorithms.md §0)."""
-        adv = advantages.clamp(-5.0, 5.0)
-        ratio = torch.exp(log_prob - old_log_prob)
-        eps = self.config.clip_range
-        per_edge = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - eps, 1 + eps))
-        _, stats = clipped_surrogate(log_prob.detach(), old_log_prob, advantages, eps)
-        return per_edge, stats
+        return clipped_surrogate_per_edge(log_prob, old_log_prob, advantages, self.config.clip_range)
 
     def edge_log_ratio_weights(self, rollout: Rollout) -> torch.Tensor:
         """Detached per-edge weights w_e inside a path's log-ratio Σ_e M[l, e]·w_e·(log π_θ − log π_old),

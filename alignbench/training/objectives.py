@@ -31,25 +31,32 @@ def group_zscore(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4,
     return out.float()
 
 
-def clipped_surrogate(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
-                      clip_range: float, adv_clip: float = ADV_CLIP) -> tuple[torch.Tensor, dict[str, float]]:
+def clipped_surrogate_per_edge(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                               clip_range: float, adv_clip: float = ADV_CLIP) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-edge PPO clipped surrogate (§0): r = exp(logπ_θ − logπ_old),
-    ℓ = max(−Â·r, −Â·clip(r, 1 − ε, 1 + ε)), Â clipped to ±``adv_clip``; loss = mean over edges.
+    ℓ_e = max(−Â·r, −Â·clip(r, 1 − ε, 1 + ε)), Â clipped to ±``adv_clip``.
 
     Args:
         log_prob: float [E] with grad; old_log_prob, advantages: float [E].
 
     Returns:
-        (loss scalar, {"clip_frac", "approx_kl", "ratio_mean"}).
+        (ℓ float [E], {"clip_frac", "approx_kl", "ratio_mean"}).
     """
     adv = advantages.clamp(-adv_clip, adv_clip)
     log_ratio = log_prob - old_log_prob
     ratio = torch.exp(log_ratio)
-    loss = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range)).mean()
+    per_edge = torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip_range, 1 + clip_range))
     with torch.no_grad():
         stats = {"clip_frac": float(((ratio - 1).abs() > clip_range).float().mean()),
                  "approx_kl": float(0.5 * (log_ratio**2).mean()), "ratio_mean": float(ratio.mean())}
-    return loss, stats
+    return per_edge, stats
+
+
+def clipped_surrogate(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
+                      clip_range: float, adv_clip: float = ADV_CLIP) -> tuple[torch.Tensor, dict[str, float]]:
+    """Mean over edges of :func:`clipped_surrogate_per_edge`: (loss scalar, stats)."""
+    per_edge, stats = clipped_surrogate_per_edge(log_prob, old_log_prob, advantages, clip_range, adv_clip)
+    return per_edge.mean(), stats
 
 
 def flow_sde_kl(mean: torch.Tensor, ref_mean: torch.Tensor, sigma: torch.Tensor, sigma_next: torch.Tensor,
