@@ -191,9 +191,7 @@ class TMPO(Algorithm):
     def plan(self, progress: Progress, rng: np.random.Generator) -> RolloutPlan:
         c = self.config
         self.last_branch = branch_steps(progress.fraction, c.s_min, self.s_max, c.early, c.late, c.kappa, rng)
-        plan = tree_plan(self.ctx.num_steps, self.last_branch, c.children, c.eta, c.kernel, c.root_threshold)
-        self.check_plan(plan)
-        return plan
+        return tree_plan(self.ctx.num_steps, self.last_branch, c.children, c.eta, c.kernel, c.root_threshold)
 
     def beta(self, progress: Progress) -> float:
         c = self.config

@@ -272,6 +272,7 @@ class Trainer:
         progress = Progress(it, proto.iterations)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, it]))
         plan = self.algo.plan(progress, rng)
+        self.algo.check_plan(plan)  # every iteration: a plan must keep the protocol's group size
         chosen = rng.choice(len(self.train_prompts), proto.prompts_per_iteration, replace=False)
         norm = plan.normalized()
         root_seeds = rng.integers(0, 2**62, size=(len(chosen), norm.n_roots)).tolist()
