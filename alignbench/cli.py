@@ -300,7 +300,8 @@ def pretrain_cmd(
         torch.set_num_threads(threads)
     if export is not None:
         where = Pretrainer(cfg, out, device="cpu").export(export)
-        console.print(f"exported {out / 'checkpoint.pt'} ({where['phase']} phase, step {where['step']}) to {export}")
+        console.print(f"exported {out / 'checkpoint.pt'} ({where['phase']} phase, step {where['step']}"
+                      f"{', EMA weights' if where['ema'] else ''}) to {export}")
         return
     with _progress() as bar:
         tasks: dict[str, int] = {}

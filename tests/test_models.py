@@ -157,9 +157,9 @@ def _weights(pipe) -> dict[str, torch.Tensor]:
             for k, v in getattr(pipe, n).state_dict().items()}
 
 
-@pytest.mark.parametrize("kill_at", [("vae", 3), ("flow", 3)])
-def test_pretraining_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, kill_at):
-    cfg = PretrainConfig(**TINY_PRETRAIN)
+@pytest.mark.parametrize("kill_at,ema", [(("vae", 3), 0.0), (("flow", 3), 0.0), (("flow", 3), 0.9)])
+def test_pretraining_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, kill_at, ema):
+    cfg = PretrainConfig(**TINY_PRETRAIN, ema_decay=ema)
     full = Pretrainer(cfg, tmp_path / "full")
     full.run()
 
@@ -180,6 +180,34 @@ def test_pretraining_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, k
     assert not torch.equal(init["vae.encoder.conv_in.weight"], a["vae.encoder.conv_in.weight"])
     assert not torch.equal(init["text_encoder_2.shared.weight"], a["text_encoder_2.shared.weight"])
     assert (tmp_path / "full" / "pipeline" / "model_index.json").exists()
+
+
+def test_pretraining_weight_ema_follows_the_warmed_up_recursion_and_is_what_gets_saved(tmp_path):
+    cfg = PretrainConfig(**{**TINY_PRETRAIN, "vae_steps": 0, "ema_decay": 0.15})
+    raw: list[torch.Tensor] = []
+    start = {}
+
+    def record(phase, step, total, row):
+        if phase == "flow":
+            raw.append(trainer.pipe.transformer.proj_out.weight.detach().clone())
+
+    trainer = Pretrainer(cfg, tmp_path, progress=record)
+    start["w"] = trainer.pipe.transformer.proj_out.weight.detach().clone()
+    trainer.run()
+    assert len(raw) == cfg.steps
+    ema = start["w"]
+    for k, w in enumerate(raw):  # d_k = min(0.15, (1 + k)/(10 + k)): 0.1, 0.15, 0.15, 0.15
+        d = min(0.15, (1 + k) / (10 + k))
+        ema = d * ema + (1 - d) * w
+    saved = trainer.pipe.transformer.proj_out.weight.detach()
+    assert not torch.equal(saved, raw[-1])  # the pipeline holds the average, not the last weights
+    torch.testing.assert_close(saved, ema, rtol=1e-6, atol=1e-7)
+    exported = Pretrainer(cfg, tmp_path).export(tmp_path / "exp")
+    assert exported["ema"] is True
+    from diffusers import FluxTransformer2DModel
+
+    loaded = FluxTransformer2DModel.from_pretrained(tmp_path / "exp" / "transformer")
+    torch.testing.assert_close(loaded.proj_out.weight, ema, rtol=1e-6, atol=1e-7)
 
 
 def test_pretraining_refuses_to_resume_a_different_config(tmp_path):

@@ -78,6 +78,8 @@ class PretrainConfig(StrictModel):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     init_from: str | None = Field(None, description="start from this save_pretrained pipeline (a previous "
                                   "stage) instead of random weights; its VAE scaling is kept when vae_steps is 0")
+    ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the transformer/text-encoder weights in the "
+                             "flow phase (0 = off); when on, the exported pipeline holds the EMA weights")
 
 
 # ---------------------------------------------------------------------------------------- captions
@@ -163,6 +165,34 @@ class Pretrainer:
         self.timing = {"vae_seconds": 0.0, "flow_seconds": 0.0, "encode_seconds": 0.0}
         self.latents: torch.Tensor | None = None
         self.prompts: list[str] | None = None
+        self.ema: dict[str, dict[str, torch.Tensor]] | None = None
+
+    # ----------------------------------------------------------------------------- weight EMA
+    _FLOW_MODELS = ("transformer", "text_encoder", "text_encoder_2")
+
+    def _init_ema(self) -> None:
+        """EMA copies of the flow-phase models' floating-point state, started from the current weights."""
+        if self.cfg.ema_decay > 0 and self.ema is None:
+            self.ema = {n: {k: v.detach().clone() for k, v in getattr(self.pipe, n).state_dict().items()
+                            if v.is_floating_point()} for n in self._FLOW_MODELS}
+
+    def _update_ema(self) -> None:
+        """θ_ema ← d·θ_ema + (1 − d)·θ with d = min(ema_decay, (1 + k)/(10 + k)) at step k (the usual
+        warm-up, so the average is not dominated by the initial weights)."""
+        if self.ema is None:
+            return
+        d = min(self.cfg.ema_decay, (1 + self.step) / (10 + self.step))
+        with torch.no_grad():
+            for n in self._FLOW_MODELS:
+                sd = getattr(self.pipe, n).state_dict()
+                keys = list(self.ema[n])
+                torch._foreach_lerp_([self.ema[n][k] for k in keys], [sd[k].detach() for k in keys], 1.0 - d)
+
+    def _swap_in_ema(self) -> None:
+        """Load the EMA weights into the pipeline (for export / the final save)."""
+        if self.ema is not None:
+            for n in self._FLOW_MODELS:
+                getattr(self.pipe, n).load_state_dict(self.ema[n], strict=False)
 
     def _init_from(self, path: Path) -> None:
         """Copy every component's weights (and the VAE's shift/scaling) from a saved pipeline.
@@ -210,7 +240,8 @@ class Pretrainer:
                  "models": {n: getattr(p, n).state_dict() for n in ("vae", "text_encoder", "text_encoder_2",
                                                                     "transformer")},
                  "vae_factors": (p.vae.config.shift_factor, p.vae.config.scaling_factor),
-                 "optimizer": self.opt.state_dict() if self.opt else None}
+                 "optimizer": self.opt.state_dict() if self.opt else None,
+                 "ema": self.ema}
         import io
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -234,6 +265,7 @@ class Pretrainer:
         self._make_optimizer()
         if state["optimizer"] is not None:
             self.opt.load_state_dict(state["optimizer"])
+        self.ema = state.get("ema")
         return True
 
     def export(self, dest: str | Path) -> dict:
@@ -248,8 +280,9 @@ class Pretrainer:
         from .spec import quiet_hf_progress
 
         quiet_hf_progress()
+        self._swap_in_ema()
         self.pipe.to("cpu").save_pretrained(dest)
-        return {"phase": ("vae", "flow")[self.phase], "step": self.step}
+        return {"phase": ("vae", "flow")[self.phase], "step": self.step, "ema": self.ema is not None}
 
     def _log(self, row: dict) -> None:
         with open(self.out / "log.jsonl", "a", encoding="utf-8") as f:
@@ -351,6 +384,7 @@ class Pretrainer:
         h = w = self.latents.shape[-1]
         c = self.latents.shape[1]
         img_ids = pipe._prepare_latent_image_ids(cfg.batch, h // 2, w // 2, self.device, torch.float32)
+        self._init_ema()
         while self.step < cfg.steps:
             t0 = time.perf_counter()
             rng, g = _gen(cfg.seed, PHASE_FLOW, self.step)
@@ -372,6 +406,7 @@ class Pretrainer:
             loss = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2).mean()
             lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup)
             norm = self._update(loss, lr)
+            self._update_ema()
             self.step += 1
             self.timing["flow_seconds"] += time.perf_counter() - t0
             row = {"phase": "flow", "step": self.step, "loss": loss.item(), "grad_norm": norm, "lr": lr}
@@ -383,6 +418,7 @@ class Pretrainer:
 
     def _finish(self) -> dict:
         pipe, cfg = self.pipe, self.cfg
+        self._swap_in_ema()
         target = self.out / "pipeline"
         tmp = self.out / "pipeline.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
