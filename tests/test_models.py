@@ -86,6 +86,28 @@ def test_ode_sampling_is_euler_on_the_grid(micro_backbone):
     assert torch.allclose(bb.sample_ode(emb, [5], 3), x, atol=1e-6)
 
 
+def test_classifier_free_guidance_matches_fluxpipeline_true_cfg_and_counts_two_rows_per_sample():
+    pipe = build_tiny_pipeline(MICRO, seed=3)
+    bb = FluxBackbone(pipe, 64, 64, max_sequence_length=20, guidance_scale=1.0, true_cfg_scale=3.0)
+    plain = FluxBackbone(pipe, 64, 64, max_sequence_length=20, guidance_scale=1.0)
+    prompt = "a photo of a blue cross"
+    emb, neg = bb.encode_prompts([prompt, prompt]), bb.encode_prompts(["", ""])
+    x = bb.initial_noise([4, 5])
+    before = bb.nfe
+    v = bb.velocity(x, 0.7, emb)
+    assert bb.nfe - before == 4
+    v_c, v_u = plain.velocity(x, 0.7, emb), plain.velocity(x, 0.7, neg)
+    torch.testing.assert_close(v, v_u + 3.0 * (v_c - v_u), rtol=1e-5, atol=1e-6)
+    # whole sampler: the pipeline's own true-CFG loop on the same initial latents and σ grid
+    ours = bb.sample_ode(bb.encode_prompts([prompt]), [9], 4)
+    ref = pipe(prompt, negative_prompt="", true_cfg_scale=3.0, guidance_scale=1.0, height=64, width=64,
+               num_inference_steps=4, max_sequence_length=20, latents=bb.initial_noise([9]),
+               output_type="latent").images
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-5)
+    with pytest.raises(ValueError, match="true_cfg_scale"):
+        FluxBackbone(pipe, 64, 64, true_cfg_scale=0.5)
+
+
 def test_lora_starts_as_identity_trains_and_reference_mode_disables_it():
     bb = FluxBackbone(build_tiny_pipeline(MICRO, seed=1), 64, 64, max_sequence_length=20)
     emb = bb.encode_prompts(["a photo of a red ring"])
@@ -208,6 +230,29 @@ def test_pretraining_weight_ema_follows_the_warmed_up_recursion_and_is_what_gets
 
     loaded = FluxTransformer2DModel.from_pretrained(tmp_path / "exp" / "transformer")
     torch.testing.assert_close(loaded.proj_out.weight, ema, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("p_drop", [0.0, 0.5])
+def test_caption_dropout_trains_on_the_empty_prompt_at_the_configured_rate(tmp_path, p_drop):
+    cfg = PretrainConfig(**{**TINY_PRETRAIN, "vae_steps": 0, "steps": 25, "batch": 16, "checkpoint_every": 100,
+                            "caption_dropout": p_drop})
+    trainer = Pretrainer(cfg, tmp_path)
+    seen: list[str] = []
+    encode = trainer.pipe.encode_prompt
+
+    def spy(prompt, *a, **kw):
+        seen.extend(prompt)
+        return encode(prompt, *a, **kw)
+
+    trainer.pipe.encode_prompt = spy
+    trainer.run()
+    assert len(seen) == 25 * 16
+    empty = sum(c == "" for c in seen) / len(seen)
+    if p_drop == 0:
+        assert empty == 0
+    else:  # 400 Bernoulli(0.5) draws: 5 standard deviations is ±0.125
+        assert abs(empty - p_drop) < 0.125
+        assert set(seen) - {""} <= set(trainer.prompts)
 
 
 def test_pretraining_refuses_to_resume_a_different_config(tmp_path):

@@ -61,12 +61,16 @@ class FluxBackbone:
         guidance_scale: value fed to the guidance embedding when the transformer has one
             (FLUX.1-dev: 3.5); ignored otherwise.
         device: torch device of every component.
+        true_cfg_scale: classifier-free guidance scale w (Ho & Salimans 2022; FluxPipeline's
+            ``true_cfg_scale`` with the empty negative prompt): v = v(∅) + w·(v(c) − v(∅)). 1 = off.
+            Above 1 every velocity costs two transformer rows per sample (both counted in NFE), and
+            gradients flow through both, as in Flow-GRPO's CFG rollouts on SD3.5.
     """
 
     family = "flux"
 
     def __init__(self, pipe: FluxPipeline, height: int, width: int, max_sequence_length: int = 512,
-                 guidance_scale: float = 3.5, device: str | torch.device = "cpu"):
+                 guidance_scale: float = 3.5, device: str | torch.device = "cpu", true_cfg_scale: float = 1.0):
         self.pipe = pipe
         self.device = torch.device(device)
         pipe.to(self.device)
@@ -77,6 +81,9 @@ class FluxBackbone:
         self.height, self.width = height, width
         self.max_sequence_length = max_sequence_length
         self.guidance_scale = guidance_scale
+        if true_cfg_scale < 1:
+            raise ValueError(f"true_cfg_scale must be >= 1 (1 = no guidance), got {true_cfg_scale}")
+        self.true_cfg_scale = float(true_cfg_scale)
         self.dtype = pipe.transformer.dtype
         f = pipe.vae_scale_factor
         if height % (2 * f) or width % (2 * f):
@@ -149,7 +156,21 @@ class FluxBackbone:
 
     def velocity(self, x: torch.Tensor, sigma: torch.Tensor | float, embeds: PromptEmbeds) -> torch.Tensor:
         """v_θ(x, σ, c): float [N, T, C] for packed latents ``x`` [N, T, C], ``sigma`` scalar or [N],
-        and N rows of ``embeds``. Counts N in :attr:`nfe`."""
+        and N rows of ``embeds``. Counts N in :attr:`nfe` (2N with classifier-free guidance, whose
+        conditional and unconditional rows go through one batched forward)."""
+        if self.true_cfg_scale == 1.0:
+            return self._forward(x, sigma, embeds)
+        n = x.shape[0]
+        sigma = torch.as_tensor(sigma, device=self.device, dtype=self.dtype).expand(n)
+        neg = self.encode_prompts([""]).index([0] * n)
+        both = PromptEmbeds(torch.cat([embeds.prompt_embeds, neg.prompt_embeds]),
+                            torch.cat([embeds.pooled, neg.pooled]), embeds.text_ids)
+        v = self._forward(torch.cat([x, x]), torch.cat([sigma, sigma]), both)
+        v_c, v_u = v[:n], v[n:]
+        return v_u + self.true_cfg_scale * (v_c - v_u)
+
+    def _forward(self, x: torch.Tensor, sigma: torch.Tensor | float, embeds: PromptEmbeds) -> torch.Tensor:
+        """One transformer forward: float [N, T, C]; counts N in :attr:`nfe`."""
         n = x.shape[0]
         sigma = torch.as_tensor(sigma, device=self.device, dtype=self.dtype).expand(n)
         guidance = None

@@ -78,6 +78,9 @@ class PretrainConfig(StrictModel):
     checkpoint_every: int = Field(200, ge=1, description="steps between checkpoints")
     init_from: str | None = Field(None, description="start from this save_pretrained pipeline (a previous "
                                   "stage) instead of random weights; its VAE scaling is kept when vae_steps is 0")
+    caption_dropout: float = Field(0.0, ge=0, lt=1, description="probability of training on the empty prompt "
+                                   "instead of the caption (flow phase), so that the model also learns the "
+                                   "unconditional velocity used by classifier-free guidance (Ho & Salimans 2022)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the transformer/text-encoder weights in the "
                              "flow phase (0 = off); when on, the exported pipeline holds the EMA weights")
 
@@ -392,11 +395,15 @@ class Pretrainer:
             x0 = self.latents[torch.from_numpy(idx)]
             noise = torch.randn(x0.shape, generator=g)
             sigma = torch.sigmoid(torch.randn(cfg.batch, generator=g))
+            captions = [self.prompts[i] for i in idx]
+            if cfg.caption_dropout > 0:
+                drop = rng.random(cfg.batch) < cfg.caption_dropout
+                captions = ["" if d else c_ for c_, d in zip(captions, drop, strict=True)]
             s = sigma.view(-1, 1, 1, 1)
             x_t = ((1 - s) * x0 + s * noise).to(self.device)
             target = (noise - x0).to(self.device)
             prompt_embeds, pooled, text_ids = pipe.encode_prompt(
-                [self.prompts[i] for i in idx], None, device=self.device,
+                captions, None, device=self.device,
                 max_sequence_length=cfg.model.max_text_length)
             pred = pipe.transformer(
                 hidden_states=pipe._pack_latents(x_t, cfg.batch, c, h, w), timestep=sigma.to(self.device),

@@ -34,6 +34,9 @@ class ModelSpec(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     max_sequence_length: int = Field(512, ge=1, le=512, description="T5-side prompt tokens")
     guidance_scale: float = Field(3.5, description="guidance-embedding value (FLUX.1-dev: 3.5)")
+    true_cfg_scale: float = Field(1.0, ge=1.0, description="classifier-free guidance scale w with the empty "
+                                  "negative prompt (FluxPipeline's true_cfg_scale; 1 = off, 2 NFE per sample "
+                                  "and step otherwise); used by rollouts and evaluation alike")
     train_steps: int = Field(ge=1, description="sampling steps of training rollouts")
     eval_steps: int = Field(ge=1, description="ODE steps of the evaluation protocol")
 
@@ -67,7 +70,8 @@ class ModelSpec(StrictModel):
             raise UserError(f"model '{self.name}': cannot load '{src}' from the Hugging Face Hub ({type(exc).__name__}); "
                             "it needs network access to huggingface.co (and the licence accepted for gated repos), "
                             "or a local copy: --set model.source=/path/to/dir") from None
-        backbone = FluxBackbone(pipe, self.height, self.width, self.max_sequence_length, self.guidance_scale, device)
+        backbone = FluxBackbone(pipe, self.height, self.width, self.max_sequence_length, self.guidance_scale, device,
+                                true_cfg_scale=self.true_cfg_scale)
         backbone.name, backbone.domain = self.name, self.domain
         return backbone
 
