@@ -94,6 +94,7 @@ class FluxBackbone:
         self._img_ids = pipe._prepare_latent_image_ids(1, self.latent_h // 2, self.latent_w // 2, self.device,
                                                        self.dtype)
         self.nfe = 0  # transformer forward passes × batch rows, counted by velocity()
+        self._override: dict[str, torch.Tensor] | None = None  # parameter values of reference(lora_state)
 
     # ----------------------------------------------------------------------------------- shapes
     @property
@@ -177,9 +178,13 @@ class FluxBackbone:
         if self.transformer.config.guidance_embeds:
             guidance = torch.full((n,), self.guidance_scale, device=self.device, dtype=torch.float32)
         self.nfe += n
-        out = self.transformer(hidden_states=x.to(self.dtype), timestep=sigma, guidance=guidance,
-                               pooled_projections=embeds.pooled, encoder_hidden_states=embeds.prompt_embeds,
-                               txt_ids=embeds.text_ids, img_ids=self._img_ids, return_dict=False)[0]
+        kwargs = dict(hidden_states=x.to(self.dtype), timestep=sigma, guidance=guidance,
+                      pooled_projections=embeds.pooled, encoder_hidden_states=embeds.prompt_embeds,
+                      txt_ids=embeds.text_ids, img_ids=self._img_ids, return_dict=False)
+        if self._override is not None:
+            out = torch.func.functional_call(self.transformer, self._override, args=(), kwargs=kwargs)[0]
+        else:
+            out = self.transformer(**kwargs)[0]
         return out.float()
 
     @torch.no_grad()
@@ -247,9 +252,23 @@ class FluxBackbone:
         return [p for n, p in self.transformer.named_parameters() if "lora_" in n]
 
     @contextlib.contextmanager
-    def reference(self) -> Iterator[None]:
-        """Reference-policy mode: inside the block the LoRA adapter is disabled (the pretrained
-        weights alone); no-op without an adapter."""
+    def reference(self, lora_state: dict[str, torch.Tensor] | None = None) -> Iterator[None]:
+        """Reference-policy mode for the block.
+
+        Args:
+            lora_state: None: the LoRA adapter is disabled (the pretrained weights alone; no-op
+                without an adapter). Otherwise {parameter name: tensor} for the adapter's parameters
+                (a frozen snapshot, e.g. GARDO's adaptive reference, from :meth:`lora_state`): forwards
+                inside the block use these values through ``torch.func.functional_call``, so the
+                trained parameters are neither modified nor part of the reference's graph.
+        """
+        if lora_state is not None:
+            self._override = lora_state
+            try:
+                yield
+            finally:
+                self._override = None
+            return
         if not self.lora_parameters():
             yield
             return
@@ -258,3 +277,8 @@ class FluxBackbone:
             yield
         finally:
             self.transformer.enable_adapters()
+
+    def lora_state(self) -> dict[str, torch.Tensor]:
+        """A detached copy of the adapter's parameters, {name: tensor} (names as in
+        ``transformer.named_parameters()``)."""
+        return {n: p.detach().clone() for n, p in self.transformer.named_parameters() if "lora_" in n}

@@ -141,14 +141,49 @@ def dance_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, eta: float, 
     return _finish(mean, std, sample, noise, generator, reduction)
 
 
+def dpmpp_2m_step(x: torch.Tensor, v: torch.Tensor, sigma, sigma_next, *_, history=None, **__) -> StepResult:
+    """Deterministic DPM-Solver++(2M) step (Lu et al. 2022, "DPM-Solver++", Alg. 2) for rectified
+    flow, written with α = 1 − σ, λ = log(α/σ) and the data prediction x̂₀ = x − σ·v:
+
+        h = λ' − λ,   x' = (σ'/σ)·x − α'·(e^{−h} − 1)·D,
+        D = (1 + 1/(2r))·x̂₀ − 1/(2r)·x̂₀_prev with r = (λ − λ_prev)/h   (second order), or D = x̂₀
+        (first order: no history, or the last step to σ' = 0, diffusers' ``lower_order_final``).
+
+    The first-order update is exactly the Euler step. No log-prob (never trained).
+
+    Args:
+        history: ``(x̂₀_prev float [N, ...], σ_prev)`` of the previous solver step, or None.
+    """
+    s_, sn = float(sigma), float(sigma_next)
+    x0 = x - s_ * v
+    if sn <= 0:
+        return StepResult(x0, x0, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), None)
+
+    def lam(t: float) -> float:
+        return math.log((1 - t) / t)
+
+    h = lam(sn) - lam(s_)
+    d = x0
+    if history is not None:
+        x0_prev, s_prev = history
+        r = (lam(s_) - lam(float(s_prev))) / h
+        d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * x0_prev.to(x0)
+    out = (sn / s_) * x - (1 - sn) * math.expm1(-h) * d
+    return StepResult(out, out, torch.zeros(x.shape[0], dtype=x.dtype, device=x.device), None)
+
+
 KERNELS: dict[str, Callable[..., StepResult]] = {
-    "ode": ode_step, "flow_sde": flow_sde_step, "cps": cps_step, "dance": dance_step}
+    "ode": ode_step, "flow_sde": flow_sde_step, "cps": cps_step, "dance": dance_step, "dpmpp2m": dpmpp_2m_step}
+#: deterministic kernels (no noise, never trained or branched)
+DETERMINISTIC = ("ode", "dpmpp2m")
+#: kernels that use the previous step's data prediction (the executor passes ``history``)
+MULTISTEP = ("dpmpp2m",)
 
 
 def kernel_std(kernel: str, sigma: float, sigma_next: float, eta: float) -> float:
     """The std s a kernel injects on the step σ → σ' (0 for ``ode``); used to forbid branching
     where s = 0."""
     x = torch.zeros(1, 1, dtype=torch.float64)
-    if kernel == "ode":
+    if kernel in DETERMINISTIC:
         return 0.0
     return float(KERNELS[kernel](x, x, sigma, sigma_next, eta, noise=torch.zeros(1, 1)).std[0])

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .kernels import KERNELS, kernel_std
+from .kernels import DETERMINISTIC, KERNELS, MULTISTEP, kernel_std
 
 
 @dataclass(frozen=True)
@@ -45,22 +45,25 @@ class RolloutPlan:
         shared_noise: the roots share one initial noise (Flow-GRPO's ``same_latent``); they are then
             executed as one root whose first stochastic step fans out ``n_roots`` times more.
         steps: one :class:`StepSpec` per sampling step (T = len(steps)).
+        sigmas: the σ grid, T + 1 values from 1 down to 0; None = the backbone's grid for T steps
+            (a plan sets its own for a compressed segment, e.g. MixGRPO-Flash).
     """
 
     n_roots: int
     steps: list[StepSpec]
     shared_noise: bool = False
+    sigmas: tuple[float, ...] | None = None
 
     def normalized(self) -> RolloutPlan:
         """The equivalent plan without shared-noise roots (prefix shared up to the first stochastic
         step, so those steps are computed once)."""
         if not self.shared_noise or self.n_roots == 1:
-            return RolloutPlan(self.n_roots, list(self.steps), False)
+            return RolloutPlan(self.n_roots, list(self.steps), False, self.sigmas)
         steps = list(self.steps)
         for i, s in enumerate(steps):
-            if s.kernel != "ode":
+            if s.kernel not in DETERMINISTIC:
                 steps[i] = StepSpec(s.kernel, s.eta, s.fanout * self.n_roots, s.trained)
-                return RolloutPlan(1, steps, False)
+                return RolloutPlan(1, steps, False, self.sigmas)
         raise ValueError("shared_noise roots need a stochastic step, or all their leaves are identical")
 
     def leaves_per_prompt(self) -> int:
@@ -171,7 +174,8 @@ def execute(backbone, plan: RolloutPlan, embeds, root_seeds: Sequence[Sequence[i
         ValueError: the plan does not fit the backbone's σ grid (see :meth:`RolloutPlan.validate`).
     """
     norm = plan.normalized()
-    sigmas = backbone.sigmas(len(norm.steps))
+    sigmas = (torch.tensor(norm.sigmas, dtype=torch.float64) if norm.sigmas is not None
+              else backbone.sigmas(len(norm.steps)))
     norm.validate(sigmas.tolist())
     n_prompts = len(root_seeds)
     # nodes: latent, prompt index, branch path, list of edge ids on its path
@@ -185,17 +189,24 @@ def execute(backbone, plan: RolloutPlan, embeds, root_seeds: Sequence[Sequence[i
     rec: dict[str, list] = {k: [] for k in ("x", "x_next", "sigma", "sigma_next", "step", "log_prob", "mean",
                                             "prompt")}
     n_edges, nfe_before = 0, backbone.nfe
+    history = None  # (x̂0 of the previous step, its σ) for multistep kernels
     for i, spec in enumerate(norm.steps):
         s, sn = float(sigmas[i]), float(sigmas[i + 1])
         v = torch.cat([backbone.velocity(x[j:j + batch_size], s, embeds.index(prompt[j:j + batch_size]))
                        for j in range(0, x.shape[0], batch_size)])
         k = spec.fanout
+        if spec.kernel in MULTISTEP:
+            out = KERNELS[spec.kernel](x, v, s, sn, spec.eta, history=history)
+            history = (x - s * v, s)  # a multistep segment's first step has no history
+            x = out.sample
+            continue
+        history = None
         xs, vs = x.repeat_interleave(k, 0), v.repeat_interleave(k, 0)
         child_prompt = prompt.repeat_interleave(k)
         child_paths = [p + (c,) for p in paths for c in range(k)]
         child_edges = [list(e) for e in edge_lists for _ in range(k)]
-        if spec.kernel == "ode":
-            out = KERNELS["ode"](xs, vs, s, sn)
+        if spec.kernel in DETERMINISTIC:
+            out = KERNELS[spec.kernel](xs, vs, s, sn)
         else:
             if noise_fn is not None:
                 noise = torch.stack([noise_fn(int(child_prompt[c]), i, child_paths[c]) for c in range(len(child_paths))])

@@ -85,12 +85,15 @@ class Rewards:
         scores: {key: float [L]} every sub-score of the task's reward.
         group: long [L] group (prompt) index of each leaf.
         weights: {key: weight} that make ``total``.
+        features: float [L, F] image features of the leaves (the model domain's extractor,
+            :mod:`alignbench.metrics.features`) when the algorithm sets ``needs_features``; else None.
     """
 
     total: torch.Tensor
     scores: dict[str, torch.Tensor]
     group: torch.Tensor
     weights: dict[str, float]
+    features: torch.Tensor | None = None
 
 
 @dataclass
@@ -121,6 +124,10 @@ class Algorithm:
         loss_level: ``"edge"`` (default: per-edge clipped surrogate, :meth:`edge_loss`) or ``"path"``
             (:meth:`path_loss` over whole trajectories, micro-batched exactly by the engine).
         advantage_level: :meth:`advantages` returns one value per ``"leaf"`` (default) or per ``"edge"``.
+        needs_features: the engine fills ``Rewards.features`` (image features of every leaf).
+        reference: ``"base"`` (default: the KL reference is the model with the adapter disabled) or
+            ``"snapshot"`` (a frozen copy of the adapter, taken at the start and again whenever
+            :meth:`reset_reference` says so; saved in checkpoints).
 
     Args:
         config: a validated ``Config``.
@@ -134,6 +141,8 @@ class Algorithm:
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     loss_level: ClassVar[Literal["edge", "path"]] = "edge"
     advantage_level: ClassVar[Literal["leaf", "edge"]] = "leaf"
+    needs_features: ClassVar[bool] = False
+    reference: ClassVar[Literal["base", "snapshot"]] = "base"
 
     def __init__(self, config: AlgorithmConfig, ctx: Context):
         self.config, self.ctx = config, ctx
@@ -165,6 +174,17 @@ class Algorithm:
         raise NotImplementedError
 
     # -- hooks ------------------------------------------------------------------------------------
+    def kl_edge_weights(self, rollout: Rollout) -> torch.Tensor | None:
+        """Per-edge weights g_e of the KL term, float [E], or None for all ones (called after
+        :meth:`advantages` of the same iteration)."""
+        return None
+
+    def reset_reference(self, stats: dict[str, float], optimizer_steps: int) -> bool:
+        """With ``reference = "snapshot"``: called after every iteration with its update statistics
+        (``kl``: mean KL to the current reference) and the optimizer steps taken since the last
+        reset; True makes the engine copy the current adapter into the reference."""
+        return False
+
     def metrics(self, progress: Progress) -> dict[str, Any]:
         """Extra per-iteration metrics (e.g. the reward temperature)."""
         return {}

@@ -182,6 +182,14 @@ class Trainer:
         total = self.protocol.iterations * c.inner_updates
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: self._lr_factor(s, total))
         self.ema = EMA(self.params, c.ema_decay, c.ema_every)
+        # the KL reference: None = adapter disabled; a LoRA snapshot for algorithms with reference = "snapshot"
+        self.reference_state = backbone.lora_state() if cls.reference == "snapshot" else None
+        self.steps_since_reset = 0
+        self.features = None
+        if cls.needs_features:
+            from ..metrics.features import feature_extractor
+
+            self.features = feature_extractor(domain)
         self.rows: list[dict[str, Any]] = []
         self.start_iteration_done = 0  # iterations covered by the checkpoint on disk
 
@@ -210,7 +218,8 @@ class Trainer:
         names = [n for n, p in self.backbone.transformer.named_parameters() if "lora_" in n]
         state = {"iterations_done": iterations_done, "lora": [p.detach().cpu().clone() for p in self.params],
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                 "ema": self.ema.state_dict(), "algo": self.algo.state_dict(), "names": names}
+                 "ema": self.ema.state_dict(), "algo": self.algo.state_dict(), "names": names,
+                 "reference_state": self.reference_state, "steps_since_reset": self.steps_since_reset}
         buf = io.BytesIO()
         torch.save(state, buf)
         atomic_write_bytes(self.checkpoint_path, buf.getvalue())
@@ -238,6 +247,8 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.ema.load_state_dict(state["ema"])
         self.algo.load_state_dict(state["algo"])
+        self.reference_state = state.get("reference_state", self.reference_state)
+        self.steps_since_reset = int(state.get("steps_since_reset", 0))
         return int(state["iterations_done"])
 
     # ------------------------------------------------------------------------------ evaluation
@@ -296,7 +307,8 @@ class Trainer:
         score_t = {k: torch.cat(v) for k, v in scores.items()}
         total = sum(w * score_t[k] for k, w in self.weights.items())
         self._check(it, "reward", total)
-        rewards = Rewards(total, score_t, rollout.leaf_prompt.clone(), self.weights)
+        feats = self.features(images) if self.features is not None else None
+        rewards = Rewards(total, score_t, rollout.leaf_prompt.clone(), self.weights, feats)
         adv = self.algo.advantages(rollout, rewards, progress)
         self._check(it, "advantage", adv)
         t_reward = time.perf_counter()
@@ -307,7 +319,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             with self.acc.autocast():
                 st = accumulate_gradients(bb, self.algo, rollout, embeds, adv, reuse_old=(u == 0),
-                                          backward=self.acc.backward)
+                                          backward=self.acc.backward, reference_state=self.reference_state)
             self._check(it, "loss", st["loss"])
             if self.acc.num_processes > 1:
                 for p in self.params:
@@ -321,6 +333,11 @@ class Trainer:
             self.ema.step()
             upd.append(st)
         t_update = time.perf_counter()
+        reference_reset = False
+        if self.reference_state is not None:
+            self.steps_since_reset += c.inner_updates
+            if self.algo.reset_reference({"kl": float(np.mean([s["kl"] for s in upd]))}, self.steps_since_reset):
+                self.reference_state, self.steps_since_reset, reference_reset = bb.lora_state(), 0, True
 
         reward_all = self.acc.gather(total.to(self.acc.device)).cpu()
         row: dict[str, Any] = {
@@ -337,7 +354,8 @@ class Trainer:
             "grad_norm": float(np.mean(grad_norms)),
             "lr": float(self.scheduler.get_last_lr()[0]), "kl_beta": c.kl_beta,
             **self.algo.metrics(progress),
-            "nfe": int(bb.nfe - nfe0), "trained_edges": int(rollout.x.shape[0]), "leaves": int(rollout.leaves.shape[0]),
+            **({"reference_reset": reference_reset} if self.reference_state is not None else {}),
+            "nfe": int(bb.nfe - nfe0), "nfe_rollout": int(rollout.nfe), "trained_edges": int(rollout.x.shape[0]), "leaves": int(rollout.leaves.shape[0]),
             "seconds": {"rollout": t_rollout - t_start, "reward": t_reward - t_rollout, "update": t_update - t_reward,
                         "total": time.perf_counter() - t_start},
             "peak_memory_mb": _peak_memory_mb(bb.device),

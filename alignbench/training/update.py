@@ -11,7 +11,8 @@ Two loss levels share this code path:
   w_e = Σ_l M[l, e]·d(loss)/d(log-ratio_l) is backpropagated edge batch by edge batch — exactly the
   full-batch gradient (tested).
 
-Both add β·mean_e KL_e to the reference policy (the LoRA adapter disabled) when β > 0.
+Both add β·mean_e g_e·KL_e to the reference policy (the LoRA adapter disabled, or a LoRA snapshot)
+when β > 0, g the algorithm's per-edge KL gate (1 by default).
 """
 
 from __future__ import annotations
@@ -57,7 +58,8 @@ def _reduce(sq: torch.Tensor, reduction: str) -> torch.Tensor:
 
 
 def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, advantages: torch.Tensor,
-                         *, reuse_old: bool, backward: Callable[[torch.Tensor], None] | None = None) -> dict[str, float]:
+                         *, reuse_old: bool, backward: Callable[[torch.Tensor], None] | None = None,
+                         reference_state: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
     """Compute one inner update's loss and accumulate its gradient into the trained parameters
     (no optimizer step).
 
@@ -72,6 +74,11 @@ def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, ad
         reuse_old: the parameters still equal θ_old (first inner update): the stored log-probs are the
             current ones, so the path loss's no-grad pass is skipped.
         backward: ``loss.backward`` replacement (e.g. ``accelerator.backward``).
+        reference_state: LoRA parameter values of the reference policy (a snapshot; see
+            ``backbone.reference``); None = the adapter disabled.
+
+    The KL term is β·Σ_e g_e·KL_e / E with g = ``algo.kl_edge_weights(rollout)`` (1 by default; GARDO's
+    gate); the reported ``kl`` is the unweighted mean over edges.
 
     Returns:
         {"loss", "clip_frac", "approx_kl", "ratio_mean", "kl"} (means over the update).
@@ -87,15 +94,17 @@ def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, ad
     std = edge_std(rollout)
     chunks = [torch.arange(s, min(s + mb, n_edges)) for s in range(0, n_edges, mb)]
     kl_total = 0.0
+    gate = algo.kl_edge_weights(rollout)
+    gate = torch.ones(n_edges) if gate is None else gate.detach().float()
 
     def kl_term(idx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         nonlocal kl_total
-        with torch.no_grad(), backbone.reference():
+        with torch.no_grad(), backbone.reference(reference_state):
             _, ref_mean = recompute_log_prob(backbone, rollout, embeds, idx, red)
         kl = reference_kl(mean, ref_mean, std[idx].to(mean.device), rollout.sigma[idx].to(mean.device),
                           rollout.sigma_next[idx].to(mean.device))
         kl_total += float(kl.detach().sum())
-        return beta * kl.sum() / n_edges
+        return beta * (gate[idx].to(kl.device) * kl).sum() / n_edges
 
     if algo.loss_level == "edge":
         adv = advantages if algo.advantage_level == "edge" else leaf_to_edge(rollout.incidence, advantages)

@@ -1,0 +1,248 @@
+"""MixGRPO, TreeGRPO and GARDO: known answers for their plans, advantages and regularisers, and the
+engine pieces they added (DPM-Solver++ tail, per-edge KL gate, LoRA-snapshot reference)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from alignbench.algorithms.gardo import GARDO, KLGate, diversity_shaped_advantages, uncertainty, winrate
+from alignbench.algorithms.mixgrpo import MixGRPO, compressed_tail, mixgrpo_plan
+from alignbench.algorithms.treegrpo import TreeGRPO, backup_edge_values, truncated_geometric
+
+from alignbench.models.backbone import FluxBackbone
+from alignbench.models.tiny import TinyFluxConfig, build_tiny_pipeline
+from alignbench.sampling.kernels import dpmpp_2m_step
+from alignbench.sampling.plan import execute
+from alignbench.training.algorithm import Context, Progress, Rewards
+
+MICRO = TinyFluxConfig(vae_channels=(8, 8, 8), text_dim=16, text_heads=2, num_layers=1, num_single_layers=1,
+                       attention_head_dim=8, num_attention_heads=2, axes_dims_rope=(2, 2, 4))
+SIGMAS = [1.0, 0.95, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.15, 0.0]  # T = 10
+
+
+def ctx(**kw) -> Context:
+    base = dict(num_steps=10, sigmas=SIGMAS, group_size=27, iterations=40)
+    return Context(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def backbone():
+    return FluxBackbone(build_tiny_pipeline(MICRO, seed=0), 64, 64, max_sequence_length=20, guidance_scale=1.0)
+
+
+# ------------------------------------------------------------------------------------------ MixGRPO
+def test_mixgrpo_progressive_window_moves_every_tau_iterations_and_stops_before_the_last_step():
+    algo = MixGRPO(MixGRPO.Config(window=4, shift_every=8, shift_by=1), ctx())
+    rng = np.random.default_rng(0)
+    starts = []
+    for n in range(60):
+        plan = algo.plan(Progress(n, 60), rng)
+        trained = [i for i, s in enumerate(plan.steps) if s.trained]
+        assert trained == list(range(trained[0], trained[0] + 4))
+        assert all(plan.steps[i].kernel == ("flow_sde" if i in trained else "ode") for i in range(10))
+        starts.append(trained[0])
+    # l(n) = min(⌊n/8⌋, T − w − 1 = 5)
+    assert starts == [min(n // 8, 5) for n in range(60)]
+    assert 9 not in [i for i, s in enumerate(plan.steps) if s.trained]  # never the last transition
+    frozen = MixGRPO(MixGRPO.Config(window_schedule="frozen"), ctx())
+    assert all(frozen.window_start(Progress(n, 60), rng) == 0 for n in range(60))
+    rand = MixGRPO(MixGRPO.Config(window_schedule="random"), ctx())
+    seen = {rand.window_start(Progress(0, 60), rng) for _ in range(300)}
+    assert seen == set(range(6))
+
+
+def test_mixgrpo_rollout_trains_only_window_edges_and_shares_the_prefix(backbone):
+    sig = backbone.sigmas(10).tolist()
+    plan = mixgrpo_plan(sig, 5, start=3, width=2, eta=0.7)
+    emb = backbone.encode_prompts(["a photo of a ring", "a photo of a cross"])
+    ro = execute(backbone, plan, emb, [[1], [2]], generator=torch.Generator().manual_seed(0))
+    assert sorted(ro.step.unique().tolist()) == [3, 4]
+    assert ro.x.shape[0] == 2 * 5 * 2  # prompts × K × window steps
+    # shared initial noise: prefix of 3 ODE steps once per prompt, then K nodes for 7 steps
+    assert ro.nfe == 2 * (3 + 1 + 5 * 6) == 2 * plan.nfe_per_prompt()
+    assert ro.incidence.sum(1).tolist() == [2.0] * 10
+
+
+def test_dpm_solver_2m_kernel_matches_diffusers_dpmsolver_multistep_and_starts_as_euler():
+    from diffusers import DPMSolverMultistepScheduler
+
+    m, c = 0.7, 0.3  # data x0 ~ N(m, c²): the exact velocity of the rectified-flow ODE
+
+    def v(x, s):
+        var = (1 - s) ** 2 * c**2 + s**2
+        return (x - (m + (1 - s) * c**2 * (x - (1 - s) * m) / var)) / s
+
+    sched = DPMSolverMultistepScheduler(algorithm_type="dpmsolver++", solver_order=2, prediction_type="flow_prediction",
+                                        use_flow_sigmas=True, flow_shift=1.0, lower_order_final=True,
+                                        final_sigmas_type="zero")
+    sched.set_timesteps(8)
+    sig = sched.sigmas.double().tolist()
+    x1 = torch.tensor([[1.3], [-0.4], [0.2]], dtype=torch.float64)
+    ref = ours = (1 - sig[0]) * m + math.sqrt((1 - sig[0]) ** 2 * c**2 + sig[0] ** 2) * x1
+    hist = None
+    for i, t in enumerate(sched.timesteps):
+        ref = sched.step(v(ref, sig[i]), t, ref).prev_sample
+        vel = v(ours, sig[i])
+        out = dpmpp_2m_step(ours, vel, sig[i], sig[i + 1], history=hist)
+        hist, ours = (ours - sig[i] * vel, sig[i]), out.sample
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    assert float((ours - (m + c * x1)).abs().max()) < 0.05  # and it lands near the exact ODE solution
+    x = torch.randn(3, 4, dtype=torch.float64)
+    vel = torch.randn(3, 4, dtype=torch.float64)
+    torch.testing.assert_close(dpmpp_2m_step(x, vel, 0.8, 0.6).sample, x + (0.6 - 0.8) * vel)
+
+
+def test_mixgrpo_flash_compresses_the_tail_and_runs_it_with_dpm_solver(backbone):
+    sig = backbone.sigmas(10).tolist()
+    assert compressed_tail(SIGMAS, 4, 0.4) == [0.7, 0.5, 0.3, 0.0]  # 6 steps → ⌈2.4⌉ = 3
+    plan = mixgrpo_plan(sig, 3, start=0, width=4, eta=0.7, flash=True, compression=0.4)
+    assert [s.kernel for s in plan.steps] == ["flow_sde"] * 4 + ["dpmpp2m"] * 3
+    assert len(plan.sigmas) == 8 and plan.sigmas[:5] == tuple(sig[:5]) and plan.sigmas[-1] == 0.0
+    emb = backbone.encode_prompts(["a photo of a ring"])
+    ro = execute(backbone, plan, emb, [[1]], generator=torch.Generator().manual_seed(0))
+    assert ro.nfe == 1 + 3 * 6 == plan.nfe_per_prompt()
+    assert sorted(ro.step.unique().tolist()) == [0, 1, 2, 3] and ro.leaves.shape[0] == 3
+    assert torch.isfinite(ro.leaves).all()
+
+
+# ------------------------------------------------------------------------------------------ TreeGRPO
+def _tree_rollout(backbone, start=2, k=2, w=2):
+    from alignbench.algorithms.treegrpo import treegrpo_plan
+
+    plan = treegrpo_plan(10, start, w, k, 0.7)
+    emb = backbone.encode_prompts(["a photo of a ring"])
+    return execute(backbone, plan, emb, [[3]], generator=torch.Generator().manual_seed(1)), plan
+
+
+def test_treegrpo_backs_leaf_advantages_up_the_tree_by_hand(backbone):
+    ro, plan = _tree_rollout(backbone)  # one root, 2 × 2 → 4 leaves, edges: 2 at step 2, 4 at step 3
+    assert ro.nfe == plan.nfe_per_prompt() == 2 + 1 + 2 + 4 * 6
+    assert ro.step.tolist() == [2, 2, 3, 3, 3, 3]
+    leaf = torch.tensor([1.0, -1.0, 3.0, 0.0])
+    # leaves are depth-first: edges 2, 3 lie under edge 0; 4, 5 under edge 1
+    mean = backup_edge_values(ro, leaf, weighted=False)
+    torch.testing.assert_close(mean, torch.tensor([0.0, 1.5, 1.0, -1.0, 3.0, 0.0]))
+    lp = ro.log_prob.double()
+    w01 = torch.softmax(lp[[2, 3]], 0)
+    w23 = torch.softmax(lp[[4, 5]], 0)
+    expect = torch.tensor([w01[0] * 1 + w01[1] * -1, w23[0] * 3 + w23[1] * 0, 1.0, -1.0, 3.0, 0.0])
+    torch.testing.assert_close(backup_edge_values(ro, leaf, weighted=True), expect.float())
+    # with known log-probs: weights e^a/(e^a + e^b)
+    ro.log_prob = torch.tensor([0.0, 0.0, math.log(3.0), 0.0, 0.0, math.log(1 / 3)])
+    torch.testing.assert_close(backup_edge_values(ro, leaf, weighted=True),
+                               torch.tensor([0.75 * 1 - 0.25, 0.75 * 3, 1.0, -1.0, 3.0, 0.0]))
+
+
+def test_treegrpo_advantages_are_leaf_zscores_backed_up(backbone):
+    ro, _ = _tree_rollout(backbone)
+    algo = TreeGRPO(TreeGRPO.Config(backup="mean", fanout=2, window=2), ctx(group_size=4))
+    r = torch.tensor([1.0, 0.0, 1.0, 0.0])
+    adv = algo.advantages(ro, Rewards(r, {"partial": r}, torch.zeros(4, dtype=torch.long), {"partial": 1.0}),
+                          Progress(0, 1))
+    z = (r - 0.5) / (0.5 + 1e-4)
+    torch.testing.assert_close(adv, torch.stack([z[:2].mean(), z[2:].mean(), *z]), rtol=1e-5, atol=1e-6)
+
+
+def test_treegrpo_window_start_follows_the_truncated_geometric_law():
+    from scipy.stats import chisquare
+
+    algo = TreeGRPO(TreeGRPO.Config(), ctx())
+    rng = np.random.default_rng(7)
+    n = 4000
+    starts = np.array([algo.window_start(Progress(0, 10), rng) for _ in range(n)])
+    p = truncated_geometric(7, 0.5)  # {0, …, T − w − 1 = 6}
+    np.testing.assert_allclose(p, 0.5 ** np.arange(7) / (2 - 0.5**6))
+    counts = np.bincount(starts, minlength=7)
+    assert counts.sum() == n and starts.max() <= 6
+    assert chisquare(counts, p * n).pvalue > 1e-3
+    shifting = TreeGRPO(TreeGRPO.Config(window_law="shifting", shift_every=50), ctx())
+    assert [shifting.window_start(Progress(it, 999), rng) for it in (0, 49, 50, 120, 900)] == [0, 0, 1, 2, 6]
+    plan = algo.plan(Progress(0, 10), rng)
+    assert plan.leaves_per_prompt() == 27 and plan.edges_per_prompt() == 39
+
+
+# ------------------------------------------------------------------------------------------ GARDO
+def test_gardo_shaping_scales_only_non_negative_advantages_with_mean_scale_one():
+    r = torch.tensor([1.0, 0.0, 0.5, 0.5, 2.0, 2.0])
+    g = torch.tensor([0, 0, 0, 0, 1, 1])
+    f = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0], [1.0, 0.0], [1.0, 0.0]])
+    a = diversity_shaped_advantages(r, g, f, "code")
+    # group 0: A = R − 0.5 = [0.5, −0.5, 0, 0]; d_i = min_j (1 − cos): [1 − 1/√2]·… computed by hand
+    c = 1 - 1 / math.sqrt(2)
+    d = torch.tensor([c, c, c, c])  # each has a neighbour at 45°
+    scale = d / d.mean()
+    torch.testing.assert_close(a[:4], torch.tensor([0.5 * scale[0], -0.5, 0.0, 0.0]))
+    assert a[4:].tolist() == [0.0, 0.0]  # identical images, zero advantage stays zero
+    f2 = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [-1.0, 0.0]])
+    r2 = torch.tensor([3.0, 1.0, 2.0, 0.0])
+    g2 = torch.zeros(4, dtype=torch.long)
+    a2 = diversity_shaped_advantages(r2, g2, f2, "code")
+    base = r2 - r2.mean()
+    dist = 1 - torch.nn.functional.normalize(f2.double(), dim=1) @ torch.nn.functional.normalize(f2.double(), dim=1).t()
+    dist.fill_diagonal_(float("inf"))
+    dmin = dist.min(1).values
+    expect = torch.where(base >= 0, base * dmin / dmin.mean(), base.double())
+    torch.testing.assert_close(a2, expect.float())
+    assert (a2[base < 0] == base[base < 0]).all() and float((dmin / dmin.mean()).mean()) == pytest.approx(1.0)
+    torch.testing.assert_close(diversity_shaped_advantages(r2, g2, f2, "paper"),
+                               torch.where(base >= 0, base * dmin, base.double()).float())
+
+
+def test_gardo_gate_fraction_follows_the_recorded_uncertainty_sequence():
+    gate = KLGate(0.1, history=3)
+    seq = [0.0, 0.5, 0.2, 0.1, -1.0, 0.3, 0.9, 0.9]
+    ks = [gate.update(u) for u in seq]
+    # 0.0 first (kept), 0.5 > max → ×1.1, 0.2 inside, 0.1 inside, −1.0 < min → ×0.9,
+    # 0.3 inside (window {0.2, 0.1, −1.0}: max 0.2 → above!) → ×1.1, 0.9 > max → ×1.1, 0.9 = max → same
+    expect, k = [], 0.1
+    for factor in (1, 1.1, 1, 1, 0.9, 1.1, 1.1, 1):
+        k = min(k * factor, 1.0)
+        expect.append(k)
+    assert ks == pytest.approx(expect)
+    capped = KLGate(0.95, 20)
+    capped.update(0.0)
+    assert capped.update(1.0) == 1.0
+    u = torch.tensor([0.1, 0.9, 0.5, 0.3, 0.2, 0.8])
+    g = torch.tensor([0, 0, 0, 1, 1, 1])
+    gate.k = 0.34  # ⌈0.34·3⌉ = 2 per group
+    assert gate.mask(u, g).tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 1.0]
+
+
+def test_gardo_uncertainty_is_proxy_winrate_minus_auxiliary_winrate():
+    proxy = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    aux = torch.tensor([3.0, 2.0, 1.0, 1.0])
+    torch.testing.assert_close(winrate(proxy), torch.tensor([0.0, 1 / 3, 2 / 3, 1.0], dtype=torch.float64))
+    torch.testing.assert_close(winrate(aux), torch.tensor([1.0, 2 / 3, 1 / 6, 1 / 6], dtype=torch.float64))
+    u = uncertainty(proxy, [aux])
+    torch.testing.assert_close(u, winrate(proxy) - winrate(aux))
+    torch.testing.assert_close(uncertainty(proxy, [aux], "code"), -u)
+    torch.testing.assert_close(uncertainty(proxy, []), winrate(proxy))
+
+
+def test_gardo_reference_reset_rule():
+    algo = GARDO(GARDO.Config(reset_kl=1e-4, reset_steps=100), ctx())
+    assert not algo.reset_reference({"kl": 5e-5}, 99)
+    assert algo.reset_reference({"kl": 2e-4}, 3)
+    assert algo.reset_reference({"kl": 0.0}, 100)
+
+
+def test_snapshot_reference_uses_the_stored_adapter_values_without_touching_the_policy():
+    bb = FluxBackbone(build_tiny_pipeline(MICRO, seed=2), 64, 64, max_sequence_length=20, guidance_scale=1.0)
+    params = bb.add_lora(4, 4, seed=0)
+    emb = bb.encode_prompts(["a photo of a red ring"])
+    x = bb.initial_noise([0])
+    snap = bb.lora_state()  # B = 0: same as the base model
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.05 * torch.randn_like(p))
+        policy = bb.velocity(x, 0.5, emb)
+        with bb.reference(snap):
+            ref = bb.velocity(x, 0.5, emb)
+        with bb.reference():
+            base = bb.velocity(x, 0.5, emb)
+    torch.testing.assert_close(ref, base)
+    assert not torch.allclose(policy, ref)
+    torch.testing.assert_close(bb.velocity(x, 0.5, emb).detach(), policy)  # policy weights untouched
