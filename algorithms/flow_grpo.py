@@ -75,6 +75,7 @@ class FlowGRPO(Algorithm):
 
     description = "Flow-GRPO: K independent flow-SDE rollouts, group z-score advantage, per-edge PPO clip + KL"
     paper = "Liu et al., Flow-GRPO: Training Flow Matching Models via Online RL, NeurIPS 2025"
+    group_size = 24
     Config = FlowGRPOConfig
     presets = {
         # Embedded backbone (10 train steps): the SD3.5 GenEval/OCR settings (η 0.7, β 0.04), a

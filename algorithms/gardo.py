@@ -134,7 +134,8 @@ class GARDO(Algorithm):
     """GARDO: Flow-GRPO + diversity-aware advantage, uncertainty-gated KL, adaptive reference."""
 
     description = "GARDO: Flow-GRPO + diversity-shaped advantage, uncertainty-gated KL, resetting reference"
-    paper = "He et al., GARDO: Reinforcing Diffusion Models without Reward Hacking, 2025"
+    paper = "He et al., GARDO, 2025"
+    group_size = 24
     Config = GARDOConfig
     needs_features = True
     reference = "snapshot"

@@ -159,6 +159,7 @@ class TMPO(Algorithm):
 
     description = "TMPO: Softmax Trajectory Balance advantage on a dynamic stochastic tree, trajectory ratio"
     paper = "Trajectory Matching Policy Optimization (TMPO); specs/algorithms.md §5"
+    group_size = 27
     Config = TMPOConfig
     loss_level = "path"
     presets = {

@@ -112,7 +112,8 @@ class TreeGRPO(Algorithm):
     """TreeGRPO: one-root k-ary tree over a random window, leaf z-scores backed up to the edges."""
 
     description = "TreeGRPO: k-ary flow-SDE tree over a random window, leaf z-scores backed up to every edge"
-    paper = "Ding & Ye, TreeGRPO: Tree-Advantage GRPO for Online RL Post-Training of Diffusion Models, ICLR 2026"
+    paper = "Ding & Ye, TreeGRPO, ICLR 2026"
+    group_size = 27
     Config = TreeGRPOConfig
     advantage_level = "edge"
     presets = {

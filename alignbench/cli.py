@@ -78,11 +78,16 @@ def list_cmd(kind: Annotated[str, typer.Argument(help="algorithms, tasks, models
     table.add_column("description")
     if reg.kind == "task":
         table.add_column("domains")
+    if reg.kind == "algorithm":
+        table.add_column("paper")
+        table.add_column("group size (paper)", justify="right")
     for name in names:
         obj = reg.get(name)
         row = [name, reg.describe(name)]
         if reg.kind == "task":
             row.append(", ".join(obj.spec.domains))
+        if reg.kind == "algorithm":
+            row += [getattr(obj, "paper", "") or "—", str(getattr(obj, "group_size", None) or "—")]
         table.add_row(*row)
     console.print(table)
 

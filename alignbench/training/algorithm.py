@@ -120,7 +120,9 @@ class Algorithm:
     """Base of algorithm plugins.
 
     Class attributes:
-        name, description (one line), paper (citation), Config, presets ({model name: overrides}).
+        name, description (one line), paper (citation), Config, presets ({model name: overrides}),
+        group_size: images per prompt in the paper's own setting (None if the spec gives none); a
+            run always uses the protocol's K.
         loss_level: ``"edge"`` (default: per-edge clipped surrogate, :meth:`edge_loss`) or ``"path"``
             (:meth:`path_loss` over whole trajectories, micro-batched exactly by the engine).
         advantage_level: :meth:`advantages` returns one value per ``"leaf"`` (default) or per ``"edge"``.
@@ -137,6 +139,7 @@ class Algorithm:
     name: ClassVar[str] = ""
     description: ClassVar[str] = ""
     paper: ClassVar[str] = ""
+    group_size: ClassVar[int | None] = None
     Config: ClassVar[type[AlgorithmConfig]] = AlgorithmConfig
     presets: ClassVar[dict[str, dict[str, Any]]] = {}
     loss_level: ClassVar[Literal["edge", "path"]] = "edge"
