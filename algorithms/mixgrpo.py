@@ -113,8 +113,13 @@ class MixGRPO(Algorithm):
 
     def plan(self, progress: Progress, rng: np.random.Generator) -> RolloutPlan:
         c = self.config
-        return mixgrpo_plan(list(self.ctx.sigmas), self.ctx.group_size, self.window_start(progress, rng),
+        self.last_start = self.window_start(progress, rng)
+        return mixgrpo_plan(list(self.ctx.sigmas), self.ctx.group_size, self.last_start,
                             c.window, c.eta, c.kernel, c.flash, c.compression)
+
+    def metrics(self, progress: Progress) -> dict:
+        """The realised window start of the iteration."""
+        return {"window_start": self.last_start}
 
     def advantages(self, rollout: Rollout, rewards: Rewards, progress: Progress) -> torch.Tensor:
         """Per-leaf weighted sum of per-reward group z-scores (weights as the task's training reward)."""

@@ -135,7 +135,12 @@ class TreeGRPO(Algorithm):
 
     def plan(self, progress: Progress, rng: np.random.Generator) -> RolloutPlan:
         c = self.config
-        return treegrpo_plan(self.ctx.num_steps, self.window_start(progress, rng), c.window, c.fanout, c.eta)
+        self.last_start = self.window_start(progress, rng)
+        return treegrpo_plan(self.ctx.num_steps, self.last_start, c.window, c.fanout, c.eta)
+
+    def metrics(self, progress: Progress) -> dict:
+        """The realised window start of the iteration."""
+        return {"window_start": self.last_start}
 
     def advantages(self, rollout: Rollout, rewards: Rewards, progress: Progress) -> torch.Tensor:
         """Per-edge advantages float [E]: weighted sum of per-reward leaf z-scores (over each prompt's

@@ -246,3 +246,40 @@ def test_snapshot_reference_uses_the_stored_adapter_values_without_touching_the_
     torch.testing.assert_close(ref, base)
     assert not torch.allclose(policy, ref)
     torch.testing.assert_close(bb.velocity(x, 0.5, emb).detach(), policy)  # policy weights untouched
+
+
+# ------------------------------------------------------------------------------------------ end to end
+TINY_RUN = ["--iterations", "3", "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2",
+            "--set", "eval.steps=3", "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4",
+            "--set", "protocol.prompts_per_iteration=1"]
+
+
+@pytest.mark.parametrize("algo,extra,nfe,edges", [
+    # one root, k = 2 children at w = 2 window steps from i: i + 1 + k + k²·(T − i − w) = 11 − 3i
+    ("treegrpo", ["--set", "algo.fanout=2", "--set", "algo.window=2"], lambda i: 11 - 3 * i, 6),
+    # 4 roots sharing one noise, window of 2 from l: l + 1 + 4·(T − l − 1) = 13 − 3l
+    ("mixgrpo", ["--set", "algo.window=2", "--set", "algo.shift_every=1"], lambda i: 13 - 3 * i, 8),
+    # Flow-GRPO's plan: 4 roots × 4 steps, the first ⌊0.99·4⌋ = 3 trained
+    ("gardo", [], lambda i: 16, 12),
+])
+def test_each_baseline_runs_end_to_end_with_the_analytic_nfe(tmp_path, algo, extra, nfe, edges):
+    import json
+
+    from typer.testing import CliRunner
+
+    from alignbench.cli import app
+
+    r = CliRunner().invoke(app, ["run", "--algo", algo, "--task", "geneval", "--out", str(tmp_path), *TINY_RUN, *extra])
+    assert r.exit_code == 0, r.output
+    (run_json,) = tmp_path.rglob("run.json")
+    rows = [json.loads(line) for line in (run_json.parent / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 3
+    for row in rows:
+        start = row.get("window_start", 0)
+        assert row["nfe_rollout"] == nfe(start) and row["trained_edges"] == edges and row["leaves"] == 4
+    if algo == "mixgrpo":  # progressive with τ = 1: l = 0, 1, then capped at T − w − 1 = 1
+        assert [row["window_start"] for row in rows] == [0, 1, 1]
+    if algo == "gardo":
+        assert all(row["gardo_gate_k"] > 0 and row["gardo_aux"] == 2 and "reference_reset" in row for row in rows)
+    summary = json.loads(run_json.read_text())
+    assert summary["status"] == "finished" and (run_json.parent / "eval.json").exists()
