@@ -125,9 +125,14 @@ def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL])
-def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig):
-    args = ["run", "--algo", "tmpo", "--task", "geneval", "--iterations", "12", *TINY, *TMPO_TINY]
+GARDO_TINY = ["--set", "algo.reset_steps=5"]  # a reference reset every third iteration: its state must resume
+
+
+@pytest.mark.parametrize("sig,algo,extra,iters", [(signal.SIGINT, "tmpo", TMPO_TINY, 12),
+                                                  (signal.SIGKILL, "tmpo", TMPO_TINY, 12),
+                                                  (signal.SIGKILL, "gardo", GARDO_TINY, 16)])
+def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig, algo, extra, iters):
+    args = ["run", "--algo", algo, "--task", "geneval", "--iterations", str(iters), *TINY, *extra]
     ref = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "ref")])
     assert ref.exit_code == 0, ref.output
     proc = _spawn([*args, "--out", str(tmp_path / "cut")], cwd=tmp_path)
@@ -144,13 +149,15 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig):
     _, err = proc.communicate(timeout=60)
     run_dir = metrics.parent
     done = len(_metrics(run_dir))
-    assert done < 12, "the run finished before the signal; raise --iterations"
+    assert done < iters, "the run finished before the signal; raise --iterations"
     if sig == signal.SIGINT:
         assert proc.returncode == 130 and "--resume" in err
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     res = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
     assert res.exit_code == 0, res.output
     assert _metrics(run_dir) == _metrics(_run_dir(tmp_path / "ref"))
+    if algo == "gardo":
+        assert [r["reference_reset"] for r in _metrics(run_dir)][:6] == [False, False, True] * 2
     final = json.loads((run_dir / "eval.json").read_text())["metrics"]
     assert final == json.loads((_run_dir(tmp_path / "ref") / "eval.json").read_text())["metrics"]
 
