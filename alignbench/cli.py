@@ -388,7 +388,8 @@ def _print_eval(t, summary: dict) -> None:
     keys = tuple(k for k in next(iter(metrics.values())) if k != "n")
     console.print(_summary_table(f"{t.name}: {summary['n_prompts']} prompts × {summary['images_per_prompt']} images, "
                                  f"{summary['steps']} ODE steps", metrics, keys))
-    console.print(f"LGMD {summary['lgmd']:.3f}   (sampling {summary['seconds']['sample']:.1f} s, "
+    console.print(f"LGMD {summary['lgmd']:.3f}   cosine diversity {summary['cosine_diversity']:.3f}   "
+                  f"Vendi {summary['vendi']:.2f}   (sampling {summary['seconds']['sample']:.1f} s, "
                   f"scoring {summary['seconds']['score']:.1f} s)")
 
 
@@ -485,6 +486,9 @@ def _print_run_summary(cfg: dict, summary: dict, run_dir: Path) -> None:
     rows = [(k, base["metrics"]["overall"][k], final["metrics"]["overall"][k])
             for k in base["metrics"]["overall"] if k != "n"]
     rows.append(("lgmd", base["lgmd"], final["lgmd"]))
+    for key in ("cosine_diversity", "vendi"):
+        if key in base and key in final:
+            rows.append((key, base[key], final[key]))
     for k, b, f in rows:
         table.add_row(k, f"{b:.3f}", f"{f:.3f}", f"{f - b:+.3f}")
     console.print(table)

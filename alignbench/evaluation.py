@@ -103,13 +103,21 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
                          "prompt": meta["prompt"], **det})
         progress("score", idx.stop, len(seeds))
     per_prompt_lgmd = [lgmd(latents_t[p * k:(p + 1) * k]) for p in range(len(records))]
+    from .metrics.diversity import cosine_diversity, vendi_score
+    from .metrics.features import feature_extractor
+
+    feats = feature_extractor(domain)(images_np)
+    per_prompt_cos = [cosine_diversity(feats[p * k:(p + 1) * k]) for p in range(len(records))]
+    per_prompt_vendi = [vendi_score(feats[p * k:(p + 1) * k]) for p in range(len(records))]
     for r in rows:
-        r["lgmd"] = per_prompt_lgmd[r["prompt_index"]]
+        p_i = r["prompt_index"]
+        r["lgmd"], r["cosine_diversity"], r["vendi"] = per_prompt_lgmd[p_i], per_prompt_cos[p_i], per_prompt_vendi[p_i]
     summary = {
         "task": task.name, "split": cfg.split, "n_prompts": len(records), "images_per_prompt": k,
         "n_images": len(rows), "steps": steps, "noise_seed": cfg.seed,
         "metrics": summarize_rows(rows, tuple(reward.keys)),
         "lgmd": float(np.mean(per_prompt_lgmd)),
+        "cosine_diversity": float(np.mean(per_prompt_cos)), "vendi": float(np.mean(per_prompt_vendi)),
         "seconds": {"sample": t_sample, "score": time.perf_counter() - t0 - t_sample},
     }
     return EvalResult(rows, summary, images_np, latents_t)

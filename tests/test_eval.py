@@ -61,6 +61,12 @@ def test_evaluate_scores_every_prompt_image_with_fixed_noises(micro_model):
     s = res.summary
     assert s["n_images"] == 6 and s["steps"] == 2 and "overall" in s["metrics"]
     assert s["lgmd"] == pytest.approx(sum(lgmd(res.latents[2 * p:2 * p + 2]) for p in range(3)) / 3)
+    from alignbench.metrics.diversity import cosine_diversity
+    from alignbench.metrics.features import pooled_pixels
+
+    feats = pooled_pixels(res.images)
+    assert s["cosine_diversity"] == pytest.approx(sum(cosine_diversity(feats[2 * p:2 * p + 2]) for p in range(3)) / 3)
+    assert 1.0 <= s["vendi"] <= 2.0 and res.rows[0]["vendi"] == res.rows[1]["vendi"]
 
 
 def test_eval_command_writes_a_run_directory(micro_model, tmp_path):
