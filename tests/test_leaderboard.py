@@ -1,0 +1,88 @@
+"""`alignbench leaderboard`: built only from run directories, with known means, intervals and
+probabilities of improvement; broken run directories are named and left out."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from alignbench.cli import app
+from alignbench.reporting.leaderboard import build_leaderboard, collect_runs
+
+
+def _summary(acc: float, lgmd: float) -> dict:
+    return {"metrics": {"overall": {"n": 252, "accuracy": acc, "partial": acc + 0.1}}, "lgmd": lgmd,
+            "cosine_diversity": 0.5, "vendi": 2.0}
+
+
+def _write_run(root: Path, algo: str, seed: int, acc: float, *, status="finished", eval_text=None,
+               sec=3.0) -> Path:
+    d = root / "geneval" / "tiny-shapes" / algo / f"seed{seed}-20261122T000000Z"
+    d.mkdir(parents=True)
+    cfg = {"algorithm": algo, "task": "geneval", "model": {"name": "tiny-shapes"}}
+    (d / "run.json").write_text(json.dumps({"kind": "train", "status": status, "seed": seed, "config": cfg}))
+    (d / "eval_base.json").write_text(json.dumps(_summary(0.10, 0.25)))
+    (d / "eval.json").write_text(eval_text if eval_text is not None else json.dumps(_summary(acc, 0.2)))
+    (d / "summary.json").write_text(json.dumps({"cost": {"seconds_per_iteration": sec, "nfe_per_iteration": 500.0,
+                                                         "trained_edges_per_iteration": 144.0,
+                                                         "peak_memory_mb": 900.0}}))
+    return d
+
+
+@pytest.fixture()
+def runs(tmp_path):
+    for s, acc in enumerate([0.12, 0.14, 0.16]):
+        _write_run(tmp_path, "tmpo", s, acc)
+    for s, acc in enumerate([0.08, 0.11, 0.09]):
+        _write_run(tmp_path, "flow_grpo", s, acc, sec=20.0)
+    bad = _write_run(tmp_path, "gardo", 0, 0.5, eval_text="{not json")
+    _write_run(tmp_path, "gardo", 1, 0.9, status="running")  # in progress: ignored
+    (tmp_path / "geneval" / "tiny-shapes" / "gardo" / "seed2-x").mkdir()
+    missing = _write_run(tmp_path, "mixgrpo", 0, 0.5)
+    (missing / "eval.json").unlink()
+    return tmp_path, bad, missing
+
+
+def test_leaderboard_aggregates_seeds_with_intervals_and_probability_of_improvement(runs):
+    root, bad, missing = runs
+    found = collect_runs(root, "geneval")
+    assert sorted((r.algo, r.seed) for r in found.runs) == [("flow_grpo", 0), ("flow_grpo", 1), ("flow_grpo", 2),
+                                                           ("tmpo", 0), ("tmpo", 1), ("tmpo", 2)]
+    assert len(found.warnings) == 2 and any(str(bad) in w for w in found.warnings)
+    assert any(str(missing) in w and "eval.json" in w for w in found.warnings)
+    frame = build_leaderboard(found.runs)
+    assert list(frame["algorithm"]) == ["base model", "tmpo", "flow_grpo"]
+    tmpo = frame.iloc[1]
+    assert tmpo["accuracy"] == pytest.approx(0.14) and tmpo["seeds"] == 3
+    assert 0.12 <= tmpo["accuracy_low"] < 0.14 < tmpo["accuracy_high"] <= 0.16
+    assert tmpo["p_improve"] == 1.0  # every seed beats the base model's 0.10
+    fg = frame.iloc[2]
+    assert fg["p_improve"] == pytest.approx(1 / 3) and fg["seconds_per_iteration"] == pytest.approx(20.0)
+    assert frame.iloc[0]["accuracy"] == pytest.approx(0.10) and frame.iloc[0]["lgmd"] == pytest.approx(0.25)
+    assert frame.attrs["directions"]["accuracy"] == "↑" and frame.attrs["directions"]["seconds_per_iteration"] == "↓"
+    vs = build_leaderboard(found.runs, baseline="flow_grpo")
+    assert vs.iloc[1]["p_improve"] == 1.0  # 0.12, 0.14, 0.16 against 0.08, 0.11, 0.09
+    with pytest.raises(ValueError, match="allowed: base, flow_grpo, tmpo"):
+        build_leaderboard(found.runs, baseline="gardo")
+
+
+def test_leaderboard_command_formats_and_warnings(runs):
+    root, bad, _ = runs
+    r = CliRunner().invoke(app, ["leaderboard", "--task", "geneval", "--root", str(root), "--format", "markdown"])
+    assert r.exit_code == 0, r.output
+    assert "| tmpo | 3 | 0.140 [" in r.output and "accuracy ↑" in r.output and "s/it ↓" in r.output
+    assert f"warning: {bad}" in r.output
+    csv = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "csv"])
+    assert csv.stdout.splitlines()[0].startswith("algorithm,seeds,accuracy") and "warning" in csv.stderr
+    js = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "json"])
+    payload = json.loads(js.stdout)
+    assert payload["primary"] == "accuracy" and [row["algorithm"] for row in payload["rows"]][0] == "base model"
+    table = CliRunner().invoke(app, ["leaderboard", "--root", str(root)], env={"COLUMNS": "250"})
+    assert table.exit_code == 0 and "tmpo" in table.output
+    wrong = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "xml"])
+    assert wrong.exit_code == 2 and "allowed: table, markdown, csv, json" in wrong.output
+    none = CliRunner().invoke(app, ["leaderboard", "--task", "ocr", "--root", str(root)])
+    assert none.exit_code != 0 and "no finished runs of task 'ocr'" in none.output
