@@ -4,6 +4,8 @@ calls library code, and prints. Bad input ends in one line on stderr and exit st
 from __future__ import annotations
 
 import functools
+import json
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -410,9 +412,7 @@ def run_cmd(
     """Train one algorithm on one task: evaluate the base model, train, evaluate the EMA model."""
     import json
 
-    from .reporting.rundir import new_run_dir, write_run_json
-    from .task import get_task
-    from .training.trainer import NonFiniteError, Trainer, resolve_run_config
+    from .training.trainer import resolve_run_config
 
     if resume is not None:
         if set_ or config is not None or iterations is not None:
@@ -430,13 +430,25 @@ def run_cmd(
             return
     else:
         cfg = resolve_run_config(algo, task, model, seed, config_file=config, overrides=set_, iterations=iterations)
+    summary, run_dir = _train(cfg, out, device, resume_dir=resume)
+    _print_run_summary(cfg, summary, run_dir)
+
+
+def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
+           label: str | None = None) -> tuple[dict, Path]:
+    """Train one resolved run config into a new run directory under ``out`` (or continue the one in
+    ``resume_dir``); returns (summary, run directory). Ctrl-C leaves status ``interrupted`` and exits 130."""
     from .models.spec import ModelSpec
+    from .reporting.rundir import new_run_dir, write_run_json
+    from .task import get_task
+    from .training.trainer import NonFiniteError, Trainer
 
     spec = ModelSpec.model_validate(cfg["model"])
     t = get_task(cfg.get("task_source", cfg["task"]))
     backbone = _load_backbone(spec, device)
-    if resume is None:
-        run_dir = new_run_dir(out, t.name, spec.name, cfg["algorithm"], cfg["seed"])
+    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, t.name, spec.name, cfg["algorithm"],
+                                                                    cfg["seed"])
+    name = label or f"{cfg['algorithm']} {t.name}"
     write_run_json(run_dir, "train", cfg, cfg["seed"], "running")
     with _progress() as bar:
         jobs: dict[str, int] = {}
@@ -449,15 +461,15 @@ def run_cmd(
                 bar.update(jobs[stage], completed=done)
             elif event == "start":
                 done, total = info
-                jobs["train"] = bar.add_task(f"{cfg['algorithm']} {t.name}", total=total, completed=done)
+                jobs["train"] = bar.add_task(name, total=total, completed=done)
             elif event == "iteration":
                 bar.update(jobs["train"], completed=info["iteration"] + 1,
-                           description=f"{cfg['algorithm']} {t.name} reward {info['reward_mean']:.3f}")
+                           description=f"{name} reward {info['reward_mean']:.3f}")
 
         try:
             trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
         except UserError:
-            if resume is None:  # nothing was trained: leave no half-made run directory behind
+            if resume_dir is None:  # nothing was trained: leave no half-made run directory behind
                 import shutil
 
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -473,7 +485,7 @@ def run_cmd(
             write_run_json(run_dir, "train", cfg, cfg["seed"], "failed")
             raise
     write_run_json(run_dir, "train", cfg, cfg["seed"], "finished", {"summary": summary})
-    _print_run_summary(cfg, summary, run_dir)
+    return summary, run_dir
 
 
 def _print_run_summary(cfg: dict, summary: dict, run_dir: Path) -> None:
@@ -497,6 +509,123 @@ def _print_run_summary(cfg: dict, summary: dict, run_dir: Path) -> None:
                   f"eval {sec['eval_base'] + sec['eval_final']:.0f} s; per iteration {cost['seconds_per_iteration']:.1f} s, "
                   f"{cost['nfe_per_iteration']:.0f} NFE, {cost['trained_edges_per_iteration']:.0f} trained edges")
     console.print(f"wrote {run_dir}")
+
+
+def _find_matching_run(out: Path, cfg: dict) -> tuple[Path, str] | None:
+    """A run directory under ``out`` whose resolved config equals ``cfg`` (newest first), with its
+    status; None if there is none."""
+    import json
+    import re
+
+    def safe(name: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+
+    want = json.loads(json.dumps(cfg))
+    where = out / safe(cfg["task"]) / safe(cfg["model"]["name"]) / safe(cfg["algorithm"])
+    for run_json in sorted(where.glob(f"seed{cfg['seed']}-*/run.json"), reverse=True):
+        try:
+            meta = json.loads(run_json.read_text())
+        except (OSError, ValueError):
+            continue
+        if meta.get("kind") == "train" and meta.get("config") == want:
+            return run_json.parent, meta.get("status", "unknown")
+    return None
+
+
+@app.command("compare")
+@user_errors
+def compare_cmd(
+    task: Annotated[str, typer.Option(help="task name (geneval, ocr) or task YAML")] = "geneval",
+    algos: Annotated[str, typer.Option(help="comma-separated algorithms")] = "flow_grpo,mixgrpo,treegrpo,gardo,tmpo",
+    seeds: Annotated[int, typer.Option(min=1, help="seeds 0 … N−1 per algorithm")] = 3,
+    iterations: Annotated[int | None, typer.Option(min=1, help="training iterations (default: the model's protocol)")] = None,
+    model: Annotated[str, typer.Option(help="registered model")] = "tiny-shapes",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="protocol.*, eval.* or model.* override shared by every run")] = None,
+    out: Annotated[Path, typer.Option(help="root of run directories")] = Path("results/runs"),
+    report: Annotated[Path | None, typer.Option(help="where the leaderboard and plots go (default: results/<task>)")] = None,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
+    dry_run: Annotated[bool, typer.Option(help="only print which runs exist, resume or start")] = False,
+) -> None:
+    """Run a matched comparison (specs/algorithms.md §6): one protocol for all algorithms, each with
+    its own sampler, advantage, loss and hyperparameters; finished runs are skipped, interrupted ones
+    resumed; then render the leaderboard and plots."""
+    import datetime as _dt
+    import platform
+
+    from .reporting import leaderboard as lb
+    from .reporting.plots import pareto_plots, training_curves
+    from .training.trainer import resolve_run_config
+
+    names = [a.strip() for a in algos.split(",") if a.strip()]
+    if not names:
+        raise UserError("--algos: give at least one algorithm")
+    bad = [x for x in (set_ or []) if x.split("=", 1)[0].split(".", 1)[0] not in ("protocol", "eval", "model")]
+    if bad:
+        raise UserError(f"--set {bad[0]}: compare shares protocol.*, eval.* and model.* only; algorithms keep "
+                        "their own hyperparameters (use alignbench run for algo.*)")
+    plan = []
+    for a in names:
+        for k in range(seeds):
+            cfg = resolve_run_config(a, task, model, k, overrides=set_, iterations=iterations)
+            found = _find_matching_run(out, cfg)
+            plan.append((cfg, found))
+    table = Table(title=f"matched comparison: {task}, {model}, {seeds} seed(s)")
+    for col in ("algorithm", "seed", "action", "run directory"):
+        table.add_column(col)
+    for cfg, found in plan:
+        action = "new" if found is None else "skip (finished)" if found[1] == "finished" else \
+            "skip (failed)" if found[1] == "failed" else f"resume ({found[1]})"
+        table.add_row(cfg["algorithm"], str(cfg["seed"]), action, str(found[0]) if found else "—")
+    console.print(table)
+    if dry_run:
+        return
+    done_dirs = []
+    for n, (cfg, found) in enumerate(plan, 1):
+        label = f"[{n}/{len(plan)}] {cfg['algorithm']} seed {cfg['seed']}"
+        if found is not None and found[1] == "finished":
+            done_dirs.append(found[0])
+            continue
+        if found is not None and found[1] == "failed":
+            err_console.print(f"warning: {found[0]} failed earlier (non-finite values); left out", markup=False)
+            continue
+        try:
+            _, run_dir = _train(cfg, out, device, resume_dir=found[0] if found else None, label=label)
+        except typer.Exit:
+            err_console.print("compare interrupted; run the same command again to continue (finished runs are "
+                              "kept, the interrupted one resumes)")
+            raise
+        done_dirs.append(run_dir)
+    found_runs = lb.collect_runs(out, task=None, model=None)
+    for w in found_runs.warnings:
+        if any(str(d) in w for d in done_dirs):
+            err_console.print(f"warning: {w}", markup=False)
+    keep = {d.resolve() for d in done_dirs}
+    runs = [r for r in found_runs.runs if r.path.resolve() in keep]
+    if not runs:
+        raise UserError("no finished runs to render")
+    frame = lb.build_leaderboard(runs)
+    task_name = runs[0].task
+    report = report or Path("results") / task_name
+    report.mkdir(parents=True, exist_ok=True)
+    stamp = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    cmd = ("alignbench compare --task " + task + f" --algos {','.join(names)} --seeds {seeds} --model {model}"
+           + (f" --iterations {iterations}" if iterations else "") + "".join(f" --set {x}" for x in set_ or []))
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}"
+    header = (f"# {task_name}: matched comparison on {model}\n\n"
+              f"Produced by `{cmd}` on {stamp} ({machine}); seeds 0–{seeds - 1}; every number is the mean over "
+              "seeds with a 95% bootstrap interval (10,000 resamples, numpy seed 0); P(>base) is the probability "
+              "that a seed's final value beats the base model's (Mann-Whitney U / pairs). Protocol: "
+              f"{json.dumps(plan[0][0]['protocol'])}."
+              "\n\n")
+    from .io import atomic_write_text
+
+    atomic_write_text(report / "LEADERBOARD.md", header + lb.to_markdown(frame))
+    atomic_write_text(report / "leaderboard.csv", lb.to_csv(frame))
+    atomic_write_text(report / "leaderboard.json", lb.to_json(frame))
+    title = f"{task_name} on {model}: mean over seeds, 95% bootstrap intervals"
+    plots = pareto_plots(frame, report, title) + training_curves(runs, report, f"{task_name} on {model}")
+    console.print(lb.to_markdown(frame))
+    console.print(f"wrote {report / 'LEADERBOARD.md'}, leaderboard.csv/.json and {len(plots)} plot files")
 
 
 @app.command("leaderboard")

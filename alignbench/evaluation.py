@@ -116,6 +116,7 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
         "task": task.name, "split": cfg.split, "n_prompts": len(records), "images_per_prompt": k,
         "n_images": len(rows), "steps": steps, "noise_seed": cfg.seed,
         "metrics": summarize_rows(rows, tuple(reward.keys)),
+        "headline": list(task.domain(domain).metrics),  # the task's reported metrics, first = primary
         "lgmd": float(np.mean(per_prompt_lgmd)),
         "cosine_diversity": float(np.mean(per_prompt_cos)), "vendi": float(np.mean(per_prompt_vendi)),
         "seconds": {"sample": t_sample, "score": time.perf_counter() - t0 - t_sample},

@@ -38,6 +38,7 @@ class RunRecord:
     seed: int
     values: dict[str, float]
     base: dict[str, float]
+    headline: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -93,14 +94,15 @@ def collect_runs(root: str | Path, task: str | None = None, model: str | None = 
             values.update({k: float(cost[k]) for k in COST if k in cost})
         except (OSError, ValueError):
             pass
-        out.runs.append(RunRecord(d, t, m, cfg.get("algorithm", d.parent.name), int(meta.get("seed", 0)), values, base))
+        out.runs.append(RunRecord(d, t, m, cfg.get("algorithm", d.parent.name), int(meta.get("seed", 0)), values, base,
+                                  [k for k in final.get("headline", []) if k in values]))
     return out
 
 
 def columns_for(runs: list[RunRecord]) -> list[tuple[str, str]]:
-    """(column, direction) pairs: the task's metrics (↑) in the order they are reported, the diversity
-    columns (↑), then the cost columns (↓)."""
-    seen: list[str] = []
+    """(column, direction) pairs: the task's metrics (↑) in the task's order (``headline`` of the
+    evaluation: the first is the primary metric), the diversity columns (↑), then the cost columns (↓)."""
+    seen: list[str] = list(next((r.headline for r in runs if r.headline), []))
     for r in runs:
         for k in r.values:
             if k not in seen and k not in DIVERSITY and k not in COST:

@@ -339,11 +339,16 @@ class Trainer:
             if self.algo.reset_reference({"kl": float(np.mean([s["kl"] for s in upd]))}, self.steps_since_reset):
                 self.reference_state, self.steps_since_reset, reference_reset = bb.lora_state(), 0, True
 
+        from ..metrics.diversity import lgmd
+
+        groups = [rollout.leaves[rollout.leaf_prompt == g] for g in rollout.leaf_prompt.unique()]
+        train_lgmd = float(np.mean([lgmd(z) for z in groups if z.shape[0] > 1])) if groups else float("nan")
         reward_all = self.acc.gather(total.to(self.acc.device)).cpu()
         row: dict[str, Any] = {
             "iteration": it,
             "reward_mean": float(reward_all.mean()), "reward_std": float(reward_all.std(unbiased=False)),
             **{f"reward_{k}": float(v.mean()) for k, v in score_t.items()},
+            "lgmd_train": train_lgmd,
             "adv_mean": float(adv.mean()), "adv_std": float(adv.std(unbiased=False)),
             "adv_min": float(adv.min()), "adv_max": float(adv.max()),
             "loss": float(np.mean([s["loss"] for s in upd])),

@@ -1,0 +1,67 @@
+"""`alignbench compare`: matched configs, skip finished runs, resume interrupted ones, render the
+leaderboard and plots."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from alignbench.cli import app
+
+TINY = ["--iterations", "2", "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3",
+        "--set", "protocol.train_steps=6", "--set", "protocol.group_size=4", "--set", "protocol.prompts_per_iteration=1"]
+
+
+def _runs(root: Path) -> dict[str, float]:
+    return {str(p.parent): p.stat().st_mtime for p in root.rglob("run.json")}
+
+
+def test_compare_runs_what_is_missing_skips_finished_runs_and_resumes_an_interrupted_one(tmp_path):
+    out, report = tmp_path / "runs", tmp_path / "report"
+    args = ["compare", "--task", "geneval", "--algos", "flow_grpo,mixgrpo", "--seeds", "2", "--out", str(out),
+            "--report", str(report), *TINY, "--set", "model.true_cfg_scale=1"]
+    first = CliRunner().invoke(app, [*args, "--set", "protocol.lora_rank=4"])
+    assert first.exit_code == 0, first.output
+    runs = _runs(out)
+    assert len(runs) == 4
+    configs = [json.loads((Path(d) / "run.json").read_text())["config"] for d in runs]
+    # matched: one protocol and evaluation for all, each algorithm its own hyperparameters
+    assert len({json.dumps(c["protocol"], sort_keys=True) for c in configs}) == 1
+    assert {c["protocol"]["lora_rank"] for c in configs} == {4}
+    assert {c["algo"]["lr"] for c in configs if c["algorithm"] == "mixgrpo"} == {3e-4}
+    md = (report / "LEADERBOARD.md").read_text()
+    assert "alignbench compare --task geneval" in md and "| flow_grpo | 2 |" in md and "| mixgrpo | 2 |" in md
+    assert "| base model |" in md and "P(>base) on accuracy" in md and md.index("accuracy ↑") < md.index("partial ↑")
+    for name in ("pareto_lgmd", "pareto_cosine_diversity", "pareto_seconds_per_iteration", "curves"):
+        assert (report / f"{name}.png").stat().st_size > 1000 and (report / f"{name}.svg").exists()
+
+    again = CliRunner().invoke(app, [*args, "--set", "protocol.lora_rank=4"])
+    assert again.exit_code == 0, again.output
+    assert _runs(out) == runs and again.output.count("skip (finished)") == 4  # nothing redone
+
+    # an interrupted run (status left by Ctrl-C, final evaluation missing) is resumed, the rest kept
+    victim = Path(sorted(runs)[0])
+    meta = json.loads((victim / "run.json").read_text())
+    meta["status"] = "interrupted"
+    (victim / "run.json").write_text(json.dumps(meta))
+    (victim / "eval.json").unlink()
+    third = CliRunner().invoke(app, [*args, "--set", "protocol.lora_rank=4"])
+    assert third.exit_code == 0, third.output
+    assert "resume (interrupted)" in third.output and third.output.count("skip (finished)") == 3
+    after = _runs(out)
+    assert set(after) == set(runs)
+    assert all(after[d] == runs[d] for d in runs if d != str(victim)) and after[str(victim)] > runs[str(victim)]
+    assert json.loads((victim / "run.json").read_text())["status"] == "finished" and (victim / "eval.json").exists()
+
+    # another protocol is another comparison: new runs, the old ones untouched
+    dry = CliRunner().invoke(app, [*args, "--dry-run"])
+    assert dry.exit_code == 0 and dry.output.count("new") >= 4 and _runs(out) == after
+
+
+def test_compare_rejects_algorithm_overrides_and_unknown_algorithms(tmp_path):
+    r = CliRunner().invoke(app, ["compare", "--algos", "tmpo", "--set", "algo.lr=1", "--out", str(tmp_path)])
+    assert r.exit_code != 0 and "compare shares protocol.*" in r.output
+    r = CliRunner().invoke(app, ["compare", "--algos", "tmpo,flowgrpo", "--out", str(tmp_path), "--dry-run"])
+    assert r.exit_code == 2 and "did you mean 'flow_grpo'" in r.output
