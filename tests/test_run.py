@@ -100,6 +100,11 @@ def test_run_trains_and_writes_the_run_directory(tmp_path):
         summary = json.loads((run_dir / f"{prefix}.json").read_text())
         assert summary["n_images"] == 6 and "accuracy" in summary["metrics"]["overall"]
         assert (run_dir / "samples" / f"{prefix}_grid.png").is_file()
+    # the final evaluation carries the run's cost figures, in the summary and in every image row
+    cost = json.loads((run_dir / "eval.json").read_text())["cost"]
+    assert cost["nfe_per_iteration"] == sum(r["nfe"] for r in rows) / 2 and cost["seconds_per_iteration"] > 0
+    eval_rows = [json.loads(line) for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert all(r["cost_trained_edges_per_iteration"] == cost["trained_edges_per_iteration"] for r in eval_rows)
     from safetensors.torch import load_file
 
     adapter = load_file(run_dir / "checkpoint" / "adapter.safetensors")

@@ -89,11 +89,13 @@ def collect_runs(root: str | Path, task: str | None = None, model: str | None = 
             base = _eval_values(json.loads((d / "eval_base.json").read_text()))
         except (OSError, ValueError, KeyError, TypeError):
             pass
-        try:
-            cost = json.loads((d / "summary.json").read_text()).get("cost", {})
-            values.update({k: float(cost[k]) for k in COST if k in cost})
-        except (OSError, ValueError):
-            pass
+        cost = final.get("cost")
+        if cost is None:  # runs written before eval.json carried the cost figures
+            try:
+                cost = json.loads((d / "summary.json").read_text()).get("cost", {})
+            except (OSError, ValueError):
+                cost = {}
+        values.update({k: float(cost[k]) for k in COST if k in cost})
         out.runs.append(RunRecord(d, t, m, cfg.get("algorithm", d.parent.name), int(meta.get("seed", 0)), values, base,
                                   [k for k in final.get("headline", []) if k in values]))
     return out

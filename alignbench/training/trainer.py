@@ -252,7 +252,9 @@ class Trainer:
         return int(state["iterations_done"])
 
     # ------------------------------------------------------------------------------ evaluation
-    def _evaluate(self, prefix: str) -> dict[str, Any]:
+    def _evaluate(self, prefix: str, cost: dict[str, float] | None = None) -> dict[str, Any]:
+        """Evaluate the current weights (or read ``<prefix>.json`` if it exists); ``cost`` (the run's
+        cost figures) goes into the summary and, as ``cost_<key>``, into every ``eval.jsonl`` row."""
         path = self.run_dir / f"{prefix}.json"
         if path.exists():
             import json
@@ -262,6 +264,10 @@ class Trainer:
         result = evaluate(self.backbone, self.task, self.eval_cfg, self.config["model"]["eval_steps"],
                           progress=lambda stage, done, total: self.progress("eval", (f"{prefix} {stage}", done, total)))
         result.summary["seconds"]["total"] = time.perf_counter() - t0
+        if cost is not None:
+            result.summary["cost"] = dict(cost)
+            for row in result.rows:
+                row.update({f"cost_{k}": v for k, v in cost.items()})
         if self.acc.is_main_process:
             write_eval(self.run_dir, result, self.task.spec.format, prefix=prefix,
                        grid_prompts=self.eval_cfg.grid_prompts)
@@ -397,17 +403,18 @@ class Trainer:
                 self.start_iteration_done = it + 1
             self.progress("iteration", row)
         t1 = time.perf_counter()
+        cost = {"seconds_per_iteration": float(np.mean([r["seconds"]["total"] for r in self.rows])),
+                "nfe_per_iteration": float(np.mean([r["nfe"] for r in self.rows])),
+                "trained_edges_per_iteration": float(np.mean([r["trained_edges"] for r in self.rows])),
+                "peak_memory_mb": float(max(r["peak_memory_mb"] for r in self.rows))}
         with self.ema.swapped():
-            final = self._evaluate("eval")
+            final = self._evaluate("eval", cost=cost)
         split = {k: float(sum(r["seconds"][k] for r in self.rows)) for k in ("rollout", "reward", "update")}
         summary = {"base": base, "final": final,
                    "seconds": {**split, "eval_base": base["seconds"].get("total", t_base),
                                "eval_final": final["seconds"].get("total", time.perf_counter() - t1),
                                "train_total": float(sum(r["seconds"]["total"] for r in self.rows))},
-                   "cost": {"seconds_per_iteration": float(np.mean([r["seconds"]["total"] for r in self.rows])),
-                            "nfe_per_iteration": float(np.mean([r["nfe"] for r in self.rows])),
-                            "trained_edges_per_iteration": float(np.mean([r["trained_edges"] for r in self.rows])),
-                            "peak_memory_mb": float(max(r["peak_memory_mb"] for r in self.rows))}}
+                   "cost": cost}
         if self.acc.is_main_process:
             write_json(self.run_dir / "summary.json", summary)
         return summary
