@@ -514,11 +514,7 @@ def _print_run_summary(cfg: dict, summary: dict, run_dir: Path) -> None:
 def _find_matching_run(out: Path, cfg: dict) -> tuple[Path, str] | None:
     """A run directory under ``out`` whose resolved config equals ``cfg`` (newest first), with its
     status; None if there is none."""
-    import json
-    import re
-
-    def safe(name: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    from .reporting.rundir import safe_name as safe
 
     want = json.loads(json.dumps(cfg))
     where = out / safe(cfg["task"]) / safe(cfg["model"]["name"]) / safe(cfg["algorithm"])

@@ -17,15 +17,18 @@ from ..io import write_json
 DEFAULT_ROOT = Path("results/runs")
 
 
-def new_run_dir(root: str | Path, task: str, model: str, algo: str, seed: int) -> Path:
-    """Create and return a fresh ``<root>/<task>/<model>/<algo>/seed<k>-<UTC timestamp>`` directory
-    (a numeric suffix is added if that name exists). Characters other than letters, digits, ``.``,
-    ``_`` and ``-`` in the names (e.g. the ``:`` of a dotted path ``pkg.mod:Algo``) become ``_``."""
+def safe_name(name: str) -> str:
+    """A path component for ``name``: characters other than letters, digits, ``.``, ``_`` and ``-``
+    (e.g. the ``:`` of a dotted path ``pkg.mod:Algo``) become ``_``."""
     import re
 
-    def safe(name: str) -> str:
-        return re.sub(r"[^A-Za-z0-9._-]", "_", name)
+    return re.sub(r"[^A-Za-z0-9._-]", "_", name)
 
+
+def new_run_dir(root: str | Path, task: str, model: str, algo: str, seed: int) -> Path:
+    """Create and return a fresh ``<root>/<task>/<model>/<algo>/seed<k>-<UTC timestamp>`` directory
+    (a numeric suffix is added if that name exists); the names go through :func:`safe_name`."""
+    safe = safe_name
     stamp = _dt.datetime.now(_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     base = Path(root) / safe(task) / safe(model) / safe(algo) / f"seed{seed}-{stamp}"
     path, i = base, 1
