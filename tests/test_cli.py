@@ -28,7 +28,6 @@ def test_list_tasks_and_rewards():
     out = run("list", "tasks").output
     assert "geneval" in out and "ocr" in out and "shapes" in out
     assert "geneval-shapes" in run("list", "rewards").output
-    out = run("list", "algorithms").output
     wide = runner.invoke(app, ["list", "algorithms"], env={"COLUMNS": "300"}, catch_exceptions=False).output
     assert "flow_grpo" in wide and "tmpo" in wide and "Softmax Trajectory Balance" in wide
     assert "Liu et al., Flow-GRPO" in wide and "│                 24 │" in wide  # source and paper group size
