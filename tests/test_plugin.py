@@ -33,9 +33,18 @@ def installed_example(tmp_path, monkeypatch):
     (dist / "entry_points.txt").write_text("[alignbench.algorithms]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()))
     monkeypatch.syspath_prepend(str(tmp_path))
     monkeypatch.syspath_prepend(str(EXAMPLE / "src"))
+    from alignbench.registry import algorithms
+
+    # the registry reads entry points once per process (a real plugin is installed before start-up);
+    # this fake distribution appears mid-process, so make the registry read them again
+    algorithms._entry_points_loaded = False
     yield eps
     for mod in [m for m in sys.modules if m.startswith("alignbench_rloo")]:
         sys.modules.pop(mod)
+    for name in list(eps):
+        algorithms._entries.pop(name, None)
+        algorithms._resolved.pop(name, None)
+    algorithms._entry_points_loaded = False
 
 
 def test_leave_one_out_advantage_known_answer(installed_example):
