@@ -63,6 +63,12 @@ def test_leaderboard_aggregates_seeds_with_intervals_and_probability_of_improvem
     assert fg["p_improve"] == pytest.approx(1 / 3) and fg["seconds_per_iteration"] == pytest.approx(20.0)
     assert frame.iloc[0]["accuracy"] == pytest.approx(0.10) and frame.iloc[0]["lgmd"] == pytest.approx(0.25)
     assert frame.attrs["directions"]["accuracy"] == "↑" and frame.attrs["directions"]["seconds_per_iteration"] == "↓"
+    from alignbench.reporting.leaderboard import to_markdown
+
+    del found.runs[0].values["vendi"]  # an older run without this column
+    md = to_markdown(build_leaderboard(found.runs))
+    line = next(x for x in md.splitlines() if x.startswith(f"| {found.runs[0].algo} |"))
+    assert "2.000 [2.000, 2.000] (n=2)" in line
     vs = build_leaderboard(found.runs, baseline="flow_grpo")
     assert vs.iloc[1]["p_improve"] == 1.0  # 0.12, 0.14, 0.16 against 0.08, 0.11, 0.09
     with pytest.raises(ValueError, match="allowed: base, flow_grpo, tmpo"):
@@ -74,6 +80,7 @@ def test_leaderboard_command_formats_and_warnings(runs):
     r = CliRunner().invoke(app, ["leaderboard", "--task", "geneval", "--root", str(root), "--format", "markdown"])
     assert r.exit_code == 0, r.output
     assert "| tmpo | 3 | 0.140 [" in r.output and "accuracy ↑" in r.output and "s/it ↓" in r.output
+    assert "(n=" not in r.output  # every seed reports every column here
     assert f"warning: {bad}" in r.output
     csv = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "csv"])
     assert csv.stdout.splitlines()[0].startswith("algorithm,seeds,accuracy") and "warning" in csv.stderr

@@ -158,6 +158,7 @@ def build_leaderboard(runs: list[RunRecord], primary: str | None = None, baselin
                 row[c], row[f"{c}_low"], row[f"{c}_high"] = (float("nan"),) * 3
                 continue
             ci = bootstrap_ci(vals, seed=seed)
+            row[f"{c}_n"] = len(vals)
             row[c] = ci.mean
             row[f"{c}_low"] = ci.low if ci.low is not None else float("nan")
             row[f"{c}_high"] = ci.high if ci.high is not None else float("nan")
@@ -182,6 +183,9 @@ def _cell(row: pd.Series, c: str) -> str:
     s = f"{v:.{digits}f}"
     if lo is not None and not pd.isna(lo):
         s += f" [{lo:.{digits}f}, {hi:.{digits}f}]"
+    n = row.get(f"{c}_n")
+    if n is not None and not pd.isna(n) and row["seeds"] and int(n) != int(row["seeds"]):
+        s += f" (n={int(n)})"  # only some seeds' runs report this column
     return s
 
 
