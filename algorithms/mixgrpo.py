@@ -28,7 +28,7 @@ from pydantic import Field
 
 from alignbench.sampling.plan import Rollout, RolloutPlan, StepSpec
 from alignbench.training.algorithm import Algorithm, AlgorithmConfig, Progress, Rewards, register_algorithm
-from alignbench.training.objectives import group_zscore
+from alignbench.training.objectives import weighted_group_zscore
 
 
 def compressed_tail(sigmas: list[float], start: int, ratio: float) -> list[float]:
@@ -123,8 +123,4 @@ class MixGRPO(Algorithm):
 
     def advantages(self, rollout: Rollout, rewards: Rewards, progress: Progress) -> torch.Tensor:
         """Per-leaf weighted sum of per-reward group z-scores (weights as the task's training reward)."""
-        out = torch.zeros_like(rewards.total, dtype=torch.float32)
-        for key, w in rewards.weights.items():
-            if w:
-                out += w * group_zscore(rewards.scores[key], rewards.group)
-        return out
+        return weighted_group_zscore(rewards.scores, rewards.weights, rewards.group)

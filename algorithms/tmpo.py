@@ -26,7 +26,7 @@ from alignbench.training.algorithm import (
     Rewards,
     register_algorithm,
 )
-from alignbench.training.objectives import group_zscore
+from alignbench.training.objectives import weighted_group_zscore
 
 Z_CLAMP = 20.0
 
@@ -202,7 +202,7 @@ class TMPO(Algorithm):
         """Per-leaf Softmax-TB advantage: R̃ = Σ_k w_k·zscore_group(R_k) clamped ±20, log P from the
         stored (old) edge log-probs, A = log softmax(β·R̃) − log softmax(log P) within each prompt."""
         beta = self.beta(progress)
-        z = sum(w * group_zscore(rewards.scores[k], rewards.group) for k, w in rewards.weights.items())
+        z = weighted_group_zscore(rewards.scores, rewards.weights, rewards.group)
         log_p = rollout.path_log_prob()
         adv = torch.zeros_like(rewards.total)
         for g in rewards.group.unique():

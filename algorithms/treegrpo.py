@@ -22,7 +22,7 @@ from pydantic import Field
 
 from alignbench.sampling.plan import Rollout, RolloutPlan, StepSpec
 from alignbench.training.algorithm import Algorithm, AlgorithmConfig, Progress, Rewards, register_algorithm
-from alignbench.training.objectives import group_zscore
+from alignbench.training.objectives import weighted_group_zscore
 
 
 def truncated_geometric(n: int, r: float) -> np.ndarray:
@@ -145,8 +145,5 @@ class TreeGRPO(Algorithm):
     def advantages(self, rollout: Rollout, rewards: Rewards, progress: Progress) -> torch.Tensor:
         """Per-edge advantages float [E]: weighted sum of per-reward leaf z-scores (over each prompt's
         leaves), backed up with :func:`backup_edge_values`."""
-        leaf = torch.zeros_like(rewards.total, dtype=torch.float32)
-        for key, w in rewards.weights.items():
-            if w:
-                leaf += w * group_zscore(rewards.scores[key], rewards.group)
+        leaf = weighted_group_zscore(rewards.scores, rewards.weights, rewards.group)
         return backup_edge_values(rollout, leaf, weighted=self.config.backup == "weighted")

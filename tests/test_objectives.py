@@ -70,3 +70,14 @@ def test_micro_batched_path_surrogate_gradient_equals_the_full_batch_gradient():
         g = torch.autograd.grad((w[chunk] * (theta[chunk] * 0.3)).sum(), theta)[0]
         grad += g
     assert torch.allclose(grad, full, atol=1e-6)
+
+
+def test_weighted_group_zscore_sums_per_reward_zscores_and_skips_zero_weights():
+    from alignbench.training.objectives import group_zscore, weighted_group_zscore
+
+    g = torch.tensor([0, 0, 1, 1])
+    a, b = torch.tensor([1.0, 0.0, 2.0, 4.0]), torch.tensor([0.0, 3.0, 1.0, 1.0])
+    out = weighted_group_zscore({"a": a, "b": b, "c": torch.full((4,), float("nan"))}, {"a": 0.25, "b": 0.75, "c": 0.0}, g)
+    torch.testing.assert_close(out, 0.25 * group_zscore(a, g) + 0.75 * group_zscore(b, g))
+    # by hand: within each pair the z-scores are ±1 (up to the 1e-4 guard); b's second group is constant → 0
+    torch.testing.assert_close(out, torch.tensor([0.25 - 0.75, -0.25 + 0.75, -0.25, 0.25]), atol=1e-3, rtol=0)

@@ -31,6 +31,22 @@ def group_zscore(rewards: torch.Tensor, groups: torch.Tensor, eps: float = 1e-4,
     return out.float()
 
 
+def weighted_group_zscore(scores: dict[str, torch.Tensor], weights: dict[str, float],
+                          groups: torch.Tensor) -> torch.Tensor:
+    """Σ_k w_k·zscore_group(R_k): per-reward group z-scores, weighted and summed (specs/algorithms.md
+    §0 "Multi-reward": MixGRPO, TreeGRPO, TMPO's ``advantage_aggr``), float [N].
+
+    Args:
+        scores: {key: float [N]} sub-scores; weights: {key: weight} (zero weights are skipped);
+        groups: long [N] group index.
+    """
+    out = torch.zeros(groups.shape[0], dtype=torch.float32)
+    for key, w in weights.items():
+        if w:
+            out += w * group_zscore(scores[key], groups)
+    return out
+
+
 def clipped_surrogate_per_edge(log_prob: torch.Tensor, old_log_prob: torch.Tensor, advantages: torch.Tensor,
                                clip_range: float, adv_clip: float = ADV_CLIP) -> tuple[torch.Tensor, dict[str, float]]:
     """Per-edge PPO clipped surrogate (§0): r = exp(logπ_θ − logπ_old),
