@@ -211,6 +211,8 @@ def world_validate(
     task: Annotated[str, typer.Option(help="geneval (measure the detector) or ocr (measure EasyOCR)")] = "geneval",
     n: Annotated[int, typer.Option(min=1, help="number of freshly rendered scenes")] = 1000,
     seed: Annotated[int, typer.Option(help="seed of the scenes (the tests use seeds below 1000)")] = 20261122,
+    blur: Annotated[float, typer.Option(min=0, help="geneval only: Gaussian blur σ in pixels applied to each "
+                                        "scene first (robustness to soft, decoded edges)")] = 0.0,
 ) -> None:
     """Measure the world's scorer on freshly rendered scenes: detector found rate and confusion
     counts (geneval), or EasyOCR exact-read rate and CPU time per image (ocr)."""
@@ -223,12 +225,14 @@ def world_validate(
     with _progress() as bar:
         job = bar.add_task(f"validating {task} scorer", total=n)
         step = lambda: bar.advance(job)  # noqa: E731
-        rep = validate_detector(n, seed, progress=step) if task == "geneval" else validate_ocr(n, seed, progress=step)
+        rep = (validate_detector(n, seed, progress=step, blur=blur) if task == "geneval"
+               else validate_ocr(n, seed, progress=step))
     threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count())
     if task == "geneval":
         from .world.palette import CLASSES
 
-        table = Table(title=f"detector confusion over {rep.scenes} scenes (drawn × detected), seed {seed}")
+        blurred = f", blur σ {blur:g} px" if blur else ""
+        table = Table(title=f"detector confusion over {rep.scenes} scenes (drawn × detected), seed {seed}{blurred}")
         table.add_column("drawn")
         for c in list(CLASSES) + ["missed"]:
             table.add_column(c, justify="right")

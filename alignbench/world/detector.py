@@ -6,8 +6,10 @@ from the fitted background; (3) 8-connected components, specks below ``min_area`
 (4) a component whose confident pixels hold two or more palette colours in strength is split by
 colour; (5) each part's outline is re-cut at 50% coverage estimated against its own colour, so it
 does not depend on contrast; (6) the shape is classified from geometry — fill ratio of its box,
-solidity (area over convex-hull area), hole fraction, vertical centroid, aspect ratio and diagonal
-fill — under per-class diagonal Gaussian models measured on the renderer's own drawings; the score
+solidity (area over convex-hull area), hole fraction, vertical centroid, aspect ratio, diagonal
+fill and four-fold angular moment — under per-class diagonal Gaussian models measured on the
+renderer's own drawings, crisp and softened by a Gaussian blur (so that the soft corners of a VAE
+reconstruction or a generated image still read as the shape a person sees); the score
 is the posterior of the best class, lowered for blobs unlike every class; (7) the colour is the
 nearest palette entry to the median CIELAB colour of the component's core pixels.
 
@@ -27,10 +29,13 @@ from ..config import StrictModel
 from ..rewards.geneval import Detection
 from .palette import CLASSES, COLORS, PALETTE_LAB, nearest_color_lab, srgb_to_lab
 
-FEATURES = ("fill", "solidity", "holes", "centroid_y", "log_aspect", "diagonal_fill")
+FEATURES = ("fill", "solidity", "holes", "centroid_y", "log_aspect", "diagonal_fill", "angular_c4")
 #: Least spread of each feature in a class model, so that a feature that never varies in the
 #: calibration renders (e.g. holes of a circle) does not become infinitely selective.
-FEATURE_STD_FLOOR = np.array([0.04, 0.03, 0.02, 0.02, 0.06, 0.1])
+FEATURE_STD_FLOOR = np.array([0.04, 0.03, 0.02, 0.02, 0.06, 0.1, 0.05])
+#: Gaussian blur σ (pixels) of the calibration drawings: crisp, and softened like a VAE reconstruction
+#: (the tiny-shapes VAE rounds a diamond's tips enough to raise its box fill from 0.53 to 0.66).
+CALIBRATION_BLUR = (0.0, 1.0, 1.5)
 
 
 class DetectorConfig(StrictModel):
@@ -84,11 +89,15 @@ def shape_features(mask: np.ndarray) -> np.ndarray:
         mask: bool [H, W] (one connected component).
 
     Returns:
-        float [6]: fill (area / box area), solidity (area / convex hull area of the pixel squares),
+        float [7]: fill (area / box area), solidity (area / convex hull area of the pixel squares),
         holes (enclosed background / filled area), centroid_y (vertical centroid within the box,
         0 = top, 1 = bottom), log_aspect (log of box width / height) and diagonal_fill (mean of the
         bilinearly interpolated mask at the four points ±0.2·box from the box centre: 1 inside a
-        diamond, circle or square, 0 between a cross's arms, ½ for an upward triangle).
+        diamond, circle or square, 0 between a cross's arms, ½ for an upward triangle) and
+        angular_c4 = Σ r⁴·cos 4θ / Σ r⁴ over the pixels' offsets (r, θ) from the centroid, the
+        four-fold harmonic of the outline: ≈ 0 for a circle or ring, ≈ +0.4 for a diamond and +0.55
+        for a cross (mass along the axes), ≈ −0.4 for a square (mass along the diagonals). Unlike
+        fill, it survives rounded corners.
     """
     ys, xs = np.nonzero(mask)
     area = float(len(ys))
@@ -103,6 +112,8 @@ def shape_features(mask: np.ndarray) -> np.ndarray:
     cx, cy = (x0 + x1) / 2 - 0.5, (y0 + y1) / 2 - 0.5  # box centre in pixel-index coordinates
     pts = np.array([[cy + sy * 0.2 * bh, cx + sx * 0.2 * bw] for sx in (-1, 1) for sy in (-1, 1)]).T
     diag = ndimage.map_coordinates(mask.astype(np.float64), pts, order=1, mode="constant").mean()
+    z4 = ((xs - xs.mean()) + 1j * (ys - ys.mean())) ** 4
+    c4 = float(z4.real.sum() / max(np.abs(z4).sum(), 1e-9))
     return np.array([
         area / (bw * bh),
         area / max(hull_area, area),
@@ -110,6 +121,7 @@ def shape_features(mask: np.ndarray) -> np.ndarray:
         (ys.mean() + 0.5 - y0) / bh,
         np.log(bw / bh),
         diag,
+        c4,
     ])
 
 
@@ -127,45 +139,55 @@ def coverage_mask(img: np.ndarray, bg: np.ndarray, region: np.ndarray, color: np
 
 @functools.cache
 def class_models() -> tuple[np.ndarray, np.ndarray]:
-    """Per-class feature mean and spread, ([n_classes, 6], [n_classes, 6]).
+    """Feature mean and spread per class and blur level, ([n_classes, n_blur, 7], [n_classes, n_blur, 7]).
 
     Measured on the renderer's own drawings of each class at every side from 10 to 22 px and
-    sub-pixel offsets 0, ¼, ½, ¾ (computed once per process, deterministic); the spread is
-    floored by :data:`FEATURE_STD_FLOOR`.
+    sub-pixel offsets 0, ¼, ½, ¾, once crisp and once per blur σ of :data:`CALIBRATION_BLUR`
+    (computed once per process, deterministic); the spread is floored by :data:`FEATURE_STD_FLOOR`.
+    Each class is a mixture of its blur levels, so a crisp drawing is judged against the crisp
+    model (tight) and a soft one against the soft models.
     """
     from .scene import Background, ObjectSpec, Scene, render
 
     grey = np.array([128.0, 128.0, 128.0])
     means, stds = [], []
     for cls in CLASSES:
-        feats = []
+        feats: list[list[np.ndarray]] = [[] for _ in CALIBRATION_BLUR]
         for size in range(10, 23):
             for ox, oy in ((0, 0), (0.25, 0.5), (0.5, 0.25), (0.75, 0.75)):
-                img = render(Scene(Background("flat", (128, 128, 128)), [ObjectSpec(cls, "black", 32 + ox, 32 + oy, size)]))
+                img = render(Scene(Background("flat", (128, 128, 128)),
+                                   [ObjectSpec(cls, "black", 32 + ox, 32 + oy, size)])).astype(np.float64)
                 region = np.ones(img.shape[:2], bool)
-                mask = coverage_mask(img.astype(np.float64), grey, region, np.array([20.0, 20, 20]), 0.5)
-                feats.append(shape_features(mask))
-        feats = np.array(feats)
-        means.append(feats.mean(0))
-        stds.append(np.maximum(feats.std(0), FEATURE_STD_FLOOR))
+                for b, blur in enumerate(CALIBRATION_BLUR):
+                    soft = ndimage.gaussian_filter(img, (blur, blur, 0)) if blur else img
+                    mask = coverage_mask(soft, grey, region, np.array([20.0, 20, 20]), 0.5)
+                    feats[b].append(shape_features(mask))
+        arr = np.array(feats)  # [n_blur, n_drawings, F]
+        means.append(arr.mean(1))
+        stds.append(np.maximum(arr.std(1), FEATURE_STD_FLOOR))
     return np.array(means), np.array(stds)
 
 
 def classify_shape(features: np.ndarray, outlier_sigma: float) -> tuple[int, float, np.ndarray]:
-    """Class of a feature vector under per-class diagonal Gaussians (:func:`class_models`).
+    """Class of a feature vector under per-class mixtures of diagonal Gaussians, one component per
+    blur level with equal weights (:func:`class_models`).
 
     Returns:
-        (class index, score, standardised distance to each class [n_classes]). The score is the
-        posterior of the best class, times exp(−(d − outlier_sigma)²/2) when its distance d exceeds
-        ``outlier_sigma`` (a blob unlike every class scores low even if one class is least unlike).
+        (class index, score, standardised distance to each class [n_classes], the least over its
+        blur levels). The score is the posterior of the best class, times exp(−(d − outlier_sigma)²/2)
+        when its distance d exceeds ``outlier_sigma`` (a blob unlike every class scores low even if
+        one class is least unlike).
     """
     mu, sd = class_models()
-    z = (features - mu) / sd
-    d = np.linalg.norm(z, axis=1)
-    ll = -0.5 * d**2 - np.log(sd).sum(axis=1)
+    z = (features - mu) / sd  # [C, B, F]
+    d_cb = np.linalg.norm(z, axis=-1)
+    ll_cb = -0.5 * d_cb**2 - np.log(sd).sum(axis=-1)
+    top = ll_cb.max()
+    ll = np.log(np.exp(ll_cb - top).mean(axis=1)) + top  # log of the equal-weight mixture, [C]
     p = np.exp(ll - ll.max())
     p /= p.sum()
     k = int(ll.argmax())
+    d = d_cb.min(axis=1)
     objectness = float(np.exp(-0.5 * max(d[k] - outlier_sigma, 0.0) ** 2))
     return k, float(p[k]) * objectness, d
 
