@@ -564,8 +564,8 @@ def compare_cmd(
         raise UserError(f"--set {bad[0]}: compare shares protocol.*, eval.* and model.* only; algorithms keep "
                         "their own hyperparameters (use alignbench run for algo.*)")
     plan = []
-    for a in names:
-        for k in range(seeds):
+    for k in range(seeds):  # seed-major: an interrupted comparison leaves whole seeds, not whole algorithms
+        for a in names:
             cfg = resolve_run_config(a, task, model, k, overrides=set_, iterations=iterations)
             found = _find_matching_run(out, cfg)
             plan.append((cfg, found))
