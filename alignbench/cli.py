@@ -294,6 +294,7 @@ def pretrain_cmd(
     config: Annotated[Path | None, typer.Option(help="YAML of PretrainConfig fields (model sizes, batch, lr, pool_size, …)")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field, e.g. --set batch=32 or --set model.num_layers=3")] = None,
     export: Annotated[Path | None, typer.Option(help="do not train: write the checkpoint in --out as a save_pretrained pipeline in this directory")] = None,
+    max_minutes: Annotated[float | None, typer.Option(min=0, help="stop cleanly with a checkpoint after this many minutes of this invocation; run again to resume")] = None,
 ) -> None:
     """Pretrain the embedded backbone on ShapesWorld: VAE, then transformer + text encoders."""
     import time
@@ -325,7 +326,12 @@ def pretrain_cmd(
             bar.update(tasks[phase], completed=step, description=f"{label}{loss}")
 
         t0 = time.perf_counter()
-        summary = Pretrainer(cfg, out, device=device, progress=report).run()
+        summary = Pretrainer(cfg, out, device=device, progress=report,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes).run()
+    if summary.get("stopped"):
+        console.print(f"stopped after {max_minutes:g} min at {summary['phase']} step {summary['step']} with a "
+                      f"checkpoint in {out}; run the same command again to resume")
+        return
     tp = summary["throughput_images_per_s"]
     console.print(f"done in {time.perf_counter() - t0:.0f} s (this invocation); VAE {tp['vae'] or 0:.1f} img/s, "
                   f"transformer {tp['flow'] or 0:.1f} img/s; pipeline saved to {out / 'pipeline'}")

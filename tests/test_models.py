@@ -204,6 +204,19 @@ def test_pretraining_killed_and_resumed_matches_an_uninterrupted_run(tmp_path, k
     assert (tmp_path / "full" / "pipeline" / "model_index.json").exists()
 
 
+def test_pretraining_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_path):
+    cfg = PretrainConfig(**TINY_PRETRAIN, ema_decay=0.9)
+    full = Pretrainer(cfg, tmp_path / "full")
+    full.run()
+    first = Pretrainer(cfg, tmp_path / "budget", max_seconds=0).run()  # stops after its first step
+    assert first["stopped"] and (first["phase"], first["step"]) == ("vae", 1)
+    assert not (tmp_path / "budget" / "pipeline").exists()
+    resumed = Pretrainer(cfg, tmp_path / "budget")
+    assert resumed.run().get("stopped") is None
+    a, b = _weights(full.pipe), _weights(resumed.pipe)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
 def test_pretraining_weight_ema_follows_the_warmed_up_recursion_and_is_what_gets_saved(tmp_path):
     cfg = PretrainConfig(**{**TINY_PRETRAIN, "vae_steps": 0, "ema_decay": 0.15})
     raw: list[torch.Tensor] = []

@@ -144,17 +144,28 @@ def _gen(seed: int, phase: int, step: int) -> tuple[np.random.Generator, torch.G
 
 # ---------------------------------------------------------------------------------------- trainer
 
+class _OutOfTime(Exception):
+    """The invocation's time budget (``max_seconds``) is spent; a checkpoint was written."""
+
+
 class Pretrainer:
     """Runs both phases into ``out_dir`` (``checkpoint.pt``, ``cache/``, ``pipeline/``,
     ``pretrain.json``, ``log.jsonl``).
+
+    ``max_seconds`` bounds the wall time of this invocation: once it has passed, the step in
+    progress finishes, a checkpoint is written and :meth:`run` returns ``{"stopped": True, ...}``;
+    running again resumes exactly (the same weights as one uninterrupted run). For machines lent
+    in slots (a GPU for ten minutes at a time) and background jobs that must stop cleanly.
 
     Raises:
         UserError: ``out_dir`` holds a checkpoint of a different config (resume needs the same one).
     """
 
     def __init__(self, cfg: PretrainConfig, out_dir: str | Path, device: str = "cpu",
-                 progress: Callable[[str, int, int, dict], None] | None = None):
+                 progress: Callable[[str, int, int, dict], None] | None = None,
+                 max_seconds: float | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
+        self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
         self.device = torch.device(device)
         self.progress = progress or (lambda *a: None)
         self.world = WorldConfig(image_size=cfg.model.image_size)
@@ -298,15 +309,25 @@ class Pretrainer:
         resumed = self.load_checkpoint()
         if not resumed:
             self._make_optimizer()
-        if self.phase == PHASE_VAE:
-            self._vae_phase()
-            self.phase, self.step = PHASE_FLOW, 0
+        try:
+            if self.phase == PHASE_VAE:
+                self._vae_phase()
+                self.phase, self.step = PHASE_FLOW, 0
+                self._prepare_pool()
+                self._make_optimizer()
+                self.save_checkpoint()
             self._prepare_pool()
-            self._make_optimizer()
-            self.save_checkpoint()
-        self._prepare_pool()
-        self._flow_phase()
+            self._flow_phase()
+        except _OutOfTime:
+            return {"stopped": True, "phase": "vae" if self.phase == PHASE_VAE else "flow", "step": self.step,
+                    "timing": self.timing}
         return self._finish()
+
+    def _check_time(self) -> None:
+        """After a step: past the deadline, checkpoint and stop (:class:`_OutOfTime`)."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.save_checkpoint()
+            raise _OutOfTime
 
     def _vae_phase(self) -> None:
         cfg, vae = self.cfg, self.pipe.vae
@@ -333,6 +354,8 @@ class Pretrainer:
                 self._log(row)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.vae_steps:
                 self.save_checkpoint()
+            if self.step < cfg.vae_steps:
+                self._check_time()
 
     def _update(self, loss: torch.Tensor, lr: float) -> float:
         if not torch.isfinite(loss):
@@ -422,6 +445,8 @@ class Pretrainer:
                 self._log(row)
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
+            if self.step < cfg.steps:
+                self._check_time()
 
     def _finish(self) -> dict:
         pipe, cfg = self.pipe, self.cfg
