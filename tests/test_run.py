@@ -126,8 +126,10 @@ def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
 def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
     # run outside the checkout: `python -m` puts the working directory on sys.path, and the checkout's
     # alignbench/ lacks alignbench.tasks (mapped from tasks/ at install time)
+    # the child runs at a lower priority than this test so that, on a loaded machine, the poll below
+    # sees the first rows and signals before the child can race through the remaining iterations
     return subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd)
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, preexec_fn=lambda: os.nice(10))
 
 
 GARDO_TINY = ["--set", "algo.reset_steps=5"]  # a reference reset every third iteration: its state must resume
@@ -145,7 +147,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig, algo, extra
     metrics = None
     while time.time() < deadline:
         found = list((tmp_path / "cut").rglob("metrics.jsonl"))
-        if found and len(found[0].read_text().splitlines()) >= 3:
+        if found and len(found[0].read_text().splitlines()) >= 2:
             metrics = found[0]
             break
         time.sleep(0.05)
