@@ -93,3 +93,18 @@ def test_leaderboard_command_formats_and_warnings(runs):
     assert wrong.exit_code == 2 and "allowed: table, markdown, csv, json" in wrong.output
     none = CliRunner().invoke(app, ["leaderboard", "--task", "ocr", "--root", str(root)])
     assert none.exit_code != 0 and "no finished runs of task 'ocr'" in none.output
+
+
+def test_pareto_front_known_answers():
+    import numpy as np
+
+    from alignbench.reporting.plots import pareto_front
+
+    ys = np.array([0.10, 0.20, 0.15, 0.05, 0.20])
+    xs = np.array([0.30, 0.10, 0.20, 0.40, 0.05])
+    # x higher is better: index 4 (0.05, 0.20) is beaten by index 1 (0.10, 0.20) on x with equal y
+    assert pareto_front(xs, ys, x_higher_better=True) == [1, 2, 0, 3]
+    # x lower is better (seconds): index 4 is the cheapest at the top reward and beats everything
+    assert pareto_front(xs, ys, x_higher_better=False) == [4]
+    # one point that beats every other on both axes is the whole front (the geneval LGMD plot's case)
+    assert pareto_front(np.array([0.3, 0.2, 0.25]), np.array([0.09, 0.07, 0.08]), True) == [0]

@@ -4,7 +4,8 @@ directories.
 * ``pareto_<x>.png/.svg``: the task's primary metric (y, higher is better) against LGMD, cosine
   diversity (x, higher is better) or seconds per iteration (x, lower is better). Each algorithm is
   its mean over seeds, with 95% bootstrap intervals as error bars in both directions. The base model
-  is a black star. The Pareto front (points no other point beats on both axes) is a dashed line.
+  is a black star. The Pareto front (points no other point beats on both axes) is ringed and joined
+  by a dashed line.
 * ``curves.png/.svg``: per algorithm, the training reward and the LGMD of the rollout leaves per
   iteration (mean over seeds, shaded min–max over seeds).
 """
@@ -74,9 +75,11 @@ def pareto_plots(frame: pd.DataFrame, out_dir: str | Path, title: str) -> list[P
             ax.plot(base.iloc[0][x], base.iloc[0][primary], marker="*", color="black", markersize=13,
                     linestyle="none", label="base model")
         if len(pts) > 1:
+            # front members are ringed, so that a front of one point (it beats every other on both
+            # axes) is visible too
             front = pareto_front(pts[x].to_numpy(float), pts[primary].to_numpy(float), higher)
-            ax.plot(pts[x].to_numpy(float)[front], pts[primary].to_numpy(float)[front], "--", color="grey",
-                    linewidth=1, label="Pareto front")
+            ax.plot(pts[x].to_numpy(float)[front], pts[primary].to_numpy(float)[front], "--o", color="grey",
+                    linewidth=1, markersize=13, markerfacecolor="none", label="Pareto front")
         ax.set_xlabel(f"{LABELS.get(x, x)} ({'higher' if higher else 'lower'} is better)")
         ax.set_ylabel(f"{primary} (higher is better)")
         ax.set_title(title, fontsize=9)
@@ -113,7 +116,9 @@ def training_curves(runs: list[RunRecord], out_dir: str | Path, title: str) -> l
             mean = smooth.mean(axis=1)
             line = ax.plot(mean.index, mean.values, label=f"{algo} (n={len(series)})")[0]
             ax.fill_between(mean.index, smooth.min(axis=1), smooth.max(axis=1), color=line.get_color(), alpha=0.15)
-    axes[0].set_ylabel("training reward (5-iteration mean)")
+    # each algorithm's rollouts use its own sampler (SDE everywhere for Flow-GRPO, ODE outside the
+    # branch points for the tree methods), so levels differ between algorithms from iteration 0
+    axes[0].set_ylabel("training reward under own sampler\n(5-iteration mean)")
     axes[1].set_ylabel("LGMD of rollout leaves (5-iteration mean)")
     for ax in axes:
         ax.set_xlabel("iteration")
