@@ -620,7 +620,9 @@ def compare_cmd(
     header = (f"# {task_name}: matched comparison on {model}\n\n"
               f"Produced by `{cmd}` on {stamp} ({machine}); seeds 0–{seeds - 1}; every number is the mean over "
               "seeds with a 95% bootstrap interval (10,000 resamples, numpy seed 0); P(>base) is the probability "
-              "that a seed's final value beats the base model's (Mann-Whitney U / pairs). Protocol: "
+              "that a seed's final value beats the base model's (Mann-Whitney U / pairs); images +/− counts the test "
+              "images (same prompt and noise) whose primary metric got better / worse than the base model's, "
+              "summed over seeds, with the exact two-sided sign test's p. Protocol: "
               f"{json.dumps(plan[0][0]['protocol'])}."
               "\n\n")
     from .io import atomic_write_text

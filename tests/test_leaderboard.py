@@ -108,3 +108,32 @@ def test_pareto_front_known_answers():
     assert pareto_front(xs, ys, x_higher_better=False) == [4]
     # one point that beats every other on both axes is the whole front (the geneval LGMD plot's case)
     assert pareto_front(np.array([0.3, 0.2, 0.25]), np.array([0.09, 0.07, 0.08]), True) == [0]
+
+
+def _write_rows(run_dir: Path, name: str, accuracy: list[float]) -> None:
+    rows = [{"prompt_index": i // 2, "image_index": i % 2, "seed": 100 + i, "tag": "single_object", "accuracy": a,
+             "partial": a, "reasons": [], "cost_nfe_per_iteration": 5.0} for i, a in enumerate(accuracy)]
+    (run_dir / name).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_image_counts_and_sign_test(tmp_path):
+    from alignbench.reporting.leaderboard import paired_counts, to_markdown
+
+    base = [1, 0, 0, 1, 0, 0]
+    d0 = _write_run(tmp_path, "tmpo", 0, 0.3)
+    _write_rows(d0, "eval_base.jsonl", base)
+    _write_rows(d0, "eval.jsonl", [1, 1, 1, 0, 0, 0])  # images 1, 2 better; image 3 worse
+    d1 = _write_run(tmp_path, "tmpo", 1, 0.3)
+    _write_rows(d1, "eval_base.jsonl", base)
+    _write_rows(d1, "eval.jsonl", [1, 1, 0, 1, 1, 1])  # images 1, 4, 5 better
+    assert paired_counts(d0) == {"accuracy": (2, 1), "partial": (2, 1)}  # seed and cost_* are not metrics
+    d2 = _write_run(tmp_path, "tmpo", 2, 0.3)
+    _write_rows(d2, "eval_base.jsonl", base)
+    _write_rows(d2, "eval.jsonl", [1, 1, 1])  # a different set of images: not paired
+    assert paired_counts(d2) == {}
+    frame = build_leaderboard(collect_runs(tmp_path).runs)
+    row = frame.iloc[1]
+    # pooled over seeds 0 and 1: 5 better, 1 worse; sign test 2·(1+6)/64
+    assert (row["paired_better"], row["paired_worse"]) == (5, 1)
+    assert row["paired_p"] == pytest.approx(14 / 64)
+    assert "+5/−1 (p=0.22)" in to_markdown(frame)

@@ -42,3 +42,17 @@ def test_probability_of_improvement_is_mann_whitney_u_over_pairs():
     assert probability_of_improvement([1, 1], [1, 1]) == 0.5
     with pytest.raises(ValueError):
         probability_of_improvement([], [1])
+
+
+def test_sign_test_known_answers():
+    from alignbench.reporting.stats import sign_test
+
+    # n = 12, 10 better / 2 worse: 2·(C(12,0)+C(12,1)+C(12,2))/2¹² = 2·79/4096
+    assert sign_test(10, 2) == pytest.approx(158 / 4096)
+    assert sign_test(2, 10) == sign_test(10, 2)
+    # n = 6, 4/2: 2·(1+6+15)/64
+    assert sign_test(4, 2) == pytest.approx(44 / 64)
+    assert sign_test(3, 3) == 1.0 and sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)
+    with pytest.raises(ValueError, match="non-negative"):
+        sign_test(-1, 2)

@@ -5,7 +5,10 @@ evaluation (``eval.json``), its base-model evaluation (``eval_base.json``) and i
 (``summary.json`` → ``cost``). One row per algorithm aggregates its seeds: the mean with a 95%
 bootstrap interval (:mod:`alignbench.reporting.stats`) of every column, and the probability of
 improvement of the task's primary metric over a baseline. The base model is one extra row (its
-evaluation is the same for every run of a model, so the first readable one is used). A run with a
+evaluation is the same for every run of a model, so the first readable one is used). Because the
+final and base evaluations of a run score the same (prompt, noise) pairs, each row also counts the
+images whose primary metric got better or worse than the base model's, pooled over seeds, with the
+exact sign test's p-value (``eval_base.jsonl`` against ``eval.jsonl``). A run with a
 missing or unreadable ``eval.json`` is skipped with a warning that names it.
 """
 
@@ -18,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from .stats import bootstrap_ci, probability_of_improvement
+from .stats import bootstrap_ci, probability_of_improvement, sign_test
 
 #: diversity columns (higher = more diverse) and cost columns (lower = cheaper) after the task metrics
 DIVERSITY = ("lgmd", "cosine_diversity", "vendi")
@@ -39,6 +42,8 @@ class RunRecord:
     values: dict[str, float]
     base: dict[str, float]
     headline: list[str] = field(default_factory=list)
+    #: per metric, (images better, images worse) than the base model on the same (prompt, noise)
+    paired: dict[str, tuple[int, int]] = field(default_factory=dict)
 
 
 @dataclass
@@ -54,6 +59,35 @@ def _eval_values(summary: dict[str, Any]) -> dict[str, float]:
     for k in DIVERSITY:
         if k in summary:
             out[k] = float(summary[k])
+    return out
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def paired_counts(run_dir: str | Path) -> dict[str, tuple[int, int]]:
+    """Per numeric metric of the per-image evaluation rows, (images whose final value is higher,
+    images whose final value is lower) than the base model's value on the same
+    (``prompt_index``, ``image_index``). Empty when either file is missing or unreadable, or when
+    the two evaluations do not cover the same images."""
+    d = Path(run_dir)
+    try:
+        base = {(r["prompt_index"], r["image_index"]): r for r in _read_rows(d / "eval_base.jsonl")}
+        final = {(r["prompt_index"], r["image_index"]): r for r in _read_rows(d / "eval.jsonl")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    if not base or base.keys() != final.keys():
+        return {}
+    first = next(iter(base.values()))
+    skip = {"prompt_index", "image_index", "seed"}
+    keys = [k for k, v in first.items() if k not in skip and not k.startswith("cost_")
+            and isinstance(v, int | float) and not isinstance(v, bool)]
+    out = {}
+    for k in keys:
+        pairs = [(final[i].get(k), base[i].get(k)) for i in base]
+        if all(isinstance(a, int | float) and isinstance(b, int | float) for a, b in pairs):
+            out[k] = (sum(a > b for a, b in pairs), sum(a < b for a, b in pairs))
     return out
 
 
@@ -97,7 +131,7 @@ def collect_runs(root: str | Path, task: str | None = None, model: str | None = 
                 cost = {}
         values.update({k: float(cost[k]) for k in COST if k in cost})
         out.runs.append(RunRecord(d, t, m, cfg.get("algorithm", d.parent.name), int(meta.get("seed", 0)), values, base,
-                                  [k for k in final.get("headline", []) if k in values]))
+                                  [k for k in final.get("headline", []) if k in values], paired_counts(d)))
     return out
 
 
@@ -123,7 +157,10 @@ def build_leaderboard(runs: list[RunRecord], primary: str | None = None, baselin
     For every column ``c`` the frame holds ``c`` (mean over seeds), ``c_low`` and ``c_high`` (95%
     bootstrap interval; NaN with one seed), plus ``seeds``, ``p_improve`` (probability that the
     algorithm's primary metric beats ``baseline``'s: the base model's value, or another algorithm's
-    seeds) and the column directions in ``frame.attrs["directions"]``.
+    seeds), ``paired_better`` / ``paired_worse`` (images whose primary metric beats / trails the
+    base model's on the same prompt and noise, summed over seeds; NaN when no run has per-image
+    rows), ``paired_p`` (the exact sign test of those counts) and the column directions in
+    ``frame.attrs["directions"]``.
 
     Raises:
         ValueError: no runs, or an unknown primary metric or baseline.
@@ -149,6 +186,7 @@ def build_leaderboard(runs: list[RunRecord], primary: str | None = None, baselin
         for c in names:
             row[c], row[f"{c}_low"], row[f"{c}_high"] = base_values.get(c, float("nan")), float("nan"), float("nan")
         row["p_improve"] = float("nan")
+        row["paired_better"] = row["paired_worse"] = row["paired_p"] = float("nan")
         rows.append(row)
     for algo, rs in by_algo.items():
         row = {"algorithm": algo, "seeds": len(rs)}
@@ -164,6 +202,12 @@ def build_leaderboard(runs: list[RunRecord], primary: str | None = None, baselin
             row[f"{c}_high"] = ci.high if ci.high is not None else float("nan")
         mine = [r.values[primary] for r in rs if primary in r.values]
         row["p_improve"] = probability_of_improvement(mine, ref) if mine and ref and algo != baseline else float("nan")
+        counts = [r.paired[primary] for r in rs if primary in r.paired]
+        if counts:
+            better, worse = sum(c[0] for c in counts), sum(c[1] for c in counts)
+            row["paired_better"], row["paired_worse"], row["paired_p"] = better, worse, sign_test(better, worse)
+        else:
+            row["paired_better"] = row["paired_worse"] = row["paired_p"] = float("nan")
         rows.append(row)
     frame = pd.DataFrame(rows)
     body = frame[frame["algorithm"] != "base model"].sort_values(primary, ascending=False)
@@ -193,12 +237,15 @@ def render_rows(frame: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
     """Header (with directions) and formatted rows: mean [95% interval] per column."""
     dirs = frame.attrs["directions"]
     header = ["algorithm", "seeds", *(f"{LABELS.get(c, c)} {d}" for c, d in dirs.items()),
-              f"P(>{frame.attrs['baseline']}) on {frame.attrs['primary']}"]
+              f"P(>{frame.attrs['baseline']}) on {frame.attrs['primary']}",
+              f"images +/− vs base on {frame.attrs['primary']} (sign-test p)"]
     body = []
     for _, row in frame.iterrows():
         cells = [row["algorithm"], str(int(row["seeds"])) if row["seeds"] else "—"]
         cells += [_cell(row, c) for c in dirs]
         cells.append("—" if pd.isna(row["p_improve"]) else f"{row['p_improve']:.2f}")
+        cells.append("—" if pd.isna(row.get("paired_p", float("nan"))) else
+                     f"+{int(row['paired_better'])}/−{int(row['paired_worse'])} (p={row['paired_p']:.2f})")
         body.append(cells)
     return header, body
 

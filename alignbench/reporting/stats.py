@@ -6,10 +6,15 @@
 * Probability of improvement P(X > Y) + ½·P(X = Y) = U / (n_x·n_y), with U the Mann-Whitney
   statistic of X against Y (Agarwal et al. 2021, "Deep RL at the edge of the statistical
   precipice").
+* Paired sign test against the base model: every run evaluates its final model on the same images
+  (prompt, noise) as the base model, so per image the final value is better, worse or tied. The
+  exact two-sided sign test gives the probability, under "no change", of a split at least as
+  uneven as the one seen (ties dropped; Dixon & Mood 1946).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -60,3 +65,21 @@ def probability_of_improvement(x: Sequence[float], y: Sequence[float]) -> float:
     gt = (a[:, None] > b[None, :]).sum()
     eq = (a[:, None] == b[None, :]).sum()
     return float((gt + 0.5 * eq) / (a.size * b.size))
+
+
+def sign_test(better: int, worse: int) -> float:
+    """Exact two-sided sign test: P(a Binomial(n, ½) split at least as uneven as better/worse),
+    n = better + worse (ties are not counted). 1.0 when n = 0.
+
+    p = min(1, 2·Σ_{i ≤ min(better, worse)} C(n, i) / 2ⁿ). Example: 10 better, 2 worse → 0.0386.
+
+    Raises:
+        ValueError: a negative count.
+    """
+    if better < 0 or worse < 0:
+        raise ValueError(f"sign_test needs non-negative counts, got {better}, {worse}")
+    n = better + worse
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(better, worse) + 1))
+    return min(1.0, 2 * tail / 2**n)
