@@ -538,6 +538,25 @@ def _find_matching_run(out: Path, cfg: dict) -> tuple[Path, str] | None:
     return None
 
 
+def _runs_provenance(run_dirs: list[Path]) -> str:
+    """When and from which code the runs were made: the span of their ``run.json`` start / last
+    update times, and their alignbench git commits (short)."""
+    starts, ends, commits = [], [], set()
+    for d in run_dirs:
+        try:
+            meta = json.loads((d / "run.json").read_text())
+        except (OSError, ValueError):
+            continue
+        starts.append(meta.get("started", ""))
+        ends.append(meta.get("updated", ""))
+        commits.add(str(meta.get("environment", {}).get("git_commit") or "unknown")[:7])
+    starts, ends = [x for x in starts if x], [x for x in ends if x]
+    if not starts or not ends:
+        return "run times unknown"
+    span = f"runs made {min(starts)[:16].replace('T', ' ')} – {max(ends)[:16].replace('T', ' ')} UTC"
+    return f"{span}, alignbench commit(s) {', '.join(sorted(commits))}"
+
+
 @app.command("compare")
 @user_errors
 def compare_cmd(
@@ -617,8 +636,10 @@ def compare_cmd(
     cmd = ("alignbench compare --task " + task + f" --algos {','.join(names)} --seeds {seeds} --model {model}"
            + (f" --iterations {iterations}" if iterations else "") + "".join(f" --set {x}" for x in set_ or []))
     machine = f"{platform.machine()}, {os.cpu_count()} CPU cores, device {device}"
+    provenance = _runs_provenance([r.path for r in runs])
     header = (f"# {task_name}: matched comparison on {model}\n\n"
-              f"Produced by `{cmd}` on {stamp} ({machine}); seeds 0–{seeds - 1}; every number is the mean over "
+              f"Produced by `{cmd}` on {stamp} ({machine}); {provenance}; seeds 0–{seeds - 1}; every number is "
+              "the mean over "
               "seeds with a 95% bootstrap interval (10,000 resamples, numpy seed 0); P(>base) is the probability "
               "that a seed's final value beats the base model's (Mann-Whitney U / pairs); images +/− counts the test "
               "images (same prompt and noise) whose primary metric got better / worse than the base model's, "

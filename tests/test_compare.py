@@ -34,6 +34,11 @@ def test_compare_runs_what_is_missing_skips_finished_runs_and_resumes_an_interru
     md = (report / "LEADERBOARD.md").read_text()
     assert "alignbench compare --task geneval" in md and "| flow_grpo | 2 |" in md and "| mixgrpo | 2 |" in md
     assert "| base model |" in md and "P(>base) on accuracy" in md and md.index("accuracy ↑") < md.index("partial ↑")
+    # provenance of the runs themselves: their time span (from run.json) and code version
+    starts = sorted(json.loads((Path(d) / "run.json").read_text())["started"] for d in runs)
+    commit = json.loads((Path(next(iter(runs))) / "run.json").read_text())["environment"]["git_commit"]
+    assert f"runs made {starts[0][:16].replace('T', ' ')} – " in md
+    assert f"alignbench commit(s) {str(commit or 'unknown')[:7]}" in md
     for name in ("pareto_lgmd", "pareto_cosine_diversity", "pareto_seconds_per_iteration", "curves"):
         assert (report / f"{name}.png").stat().st_size > 1000 and (report / f"{name}.svg").exists()
 
