@@ -667,6 +667,7 @@ def leaderboard_cmd(
     baseline: Annotated[str, typer.Option(help="'base' (the base model) or an algorithm name")] = "base",
     primary: Annotated[str | None, typer.Option(help="metric for ranking and P(improvement); default: the task's first")] = None,
     out: Annotated[Path | None, typer.Option(help="write to this file instead of the terminal")] = None,
+    plots: Annotated[Path | None, typer.Option(help="also draw the Pareto plots and training curves (PNG + SVG) into this folder")] = None,
 ) -> None:
     """Rank the finished runs of a task: mean and 95% bootstrap interval over seeds per column
     (task metrics, diversity ↑, cost ↓), and the probability of improvement over a baseline."""
@@ -685,6 +686,14 @@ def leaderboard_cmd(
         frame = lb.build_leaderboard(found.runs, primary=primary, baseline=baseline)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    if plots is not None:
+        from .reporting.plots import pareto_plots, training_curves
+
+        models = ", ".join(sorted({r.model for r in found.runs}))
+        plots.mkdir(parents=True, exist_ok=True)
+        drawn = (pareto_plots(frame, plots, f"{task} on {models}: mean over seeds, 95% bootstrap intervals")
+                 + training_curves(found.runs, plots, f"{task} on {models}"))
+        err_console.print(f"wrote {len(drawn)} plot files to {plots}")
     if fmt == "table":
         header, body = lb.render_rows(frame)
         table = Table(title=f"{task}: {len(found.runs)} runs under {root}")

@@ -29,6 +29,8 @@ def _write_run(root: Path, algo: str, seed: int, acc: float, *, status="finished
     (d / "summary.json").write_text(json.dumps({"cost": {"seconds_per_iteration": sec, "nfe_per_iteration": 500.0,
                                                          "trained_edges_per_iteration": 144.0,
                                                          "peak_memory_mb": 900.0}}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps({"iteration": i, "reward_mean": acc + 0.01 * i,
+                                                         "lgmd_train": 0.1}) + "\n" for i in range(3)))
     return d
 
 
@@ -89,6 +91,11 @@ def test_leaderboard_command_formats_and_warnings(runs):
     assert payload["primary"] == "accuracy" and [row["algorithm"] for row in payload["rows"]][0] == "base model"
     table = CliRunner().invoke(app, ["leaderboard", "--root", str(root)], env={"COLUMNS": "250"})
     assert table.exit_code == 0 and "tmpo" in table.output
+    plotted = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "csv", "--plots",
+                                       str(root / "plots")])
+    assert plotted.exit_code == 0 and "wrote 8 plot files" in plotted.stderr
+    for name in ("pareto_lgmd", "pareto_cosine_diversity", "pareto_seconds_per_iteration", "curves"):
+        assert (root / "plots" / f"{name}.png").stat().st_size > 1000 and (root / "plots" / f"{name}.svg").exists()
     wrong = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "xml"])
     assert wrong.exit_code == 2 and "allowed: table, markdown, csv, json" in wrong.output
     none = CliRunner().invoke(app, ["leaderboard", "--task", "ocr", "--root", str(root)])

@@ -105,6 +105,8 @@ def training_curves(runs: list[RunRecord], out_dir: str | Path, title: str) -> l
         if path.exists():
             rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
             by_algo.setdefault(r.algo, []).append(pd.DataFrame(rows))
+    if not by_algo:  # no run has per-iteration metrics: nothing to draw
+        return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for algo, frames in sorted(by_algo.items()):
         for ax, key in zip(axes, ("reward_mean", "lgmd_train"), strict=True):
