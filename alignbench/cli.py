@@ -3,6 +3,7 @@ calls library code, and prints. Bad input ends in one line on stderr and exit st
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -37,6 +38,26 @@ def user_errors(fn):
             raise typer.Exit(2) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Inside the block, SIGTERM (``kill``, a job scheduler, a closing session) stops a training run
+    the way Ctrl-C does: the run is marked interrupted and resumes from its last checkpoint."""
+    import signal
+
+    def _raise(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, _raise)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _progress() -> Progress:
@@ -485,7 +506,8 @@ def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
         try:
-            summary = trainer.run()
+            with _sigterm_as_interrupt():
+                summary = trainer.run()
         except KeyboardInterrupt:
             write_run_json(run_dir, "train", cfg, cfg["seed"], "interrupted")
             err_console.print(f"interrupted after {trainer.start_iteration_done} checkpointed iteration(s); "

@@ -136,6 +136,7 @@ GARDO_TINY = ["--set", "algo.reset_steps=5"]  # a reference reset every third it
 
 
 @pytest.mark.parametrize("sig,algo,extra,iters", [(signal.SIGINT, "tmpo", TMPO_TINY, 12),
+                                                  (signal.SIGTERM, "flow_grpo", [], 12),
                                                   (signal.SIGKILL, "tmpo", TMPO_TINY, 12),
                                                   (signal.SIGKILL, "gardo", GARDO_TINY, 16)])
 def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig, algo, extra, iters):
@@ -157,7 +158,7 @@ def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig, algo, extra
     run_dir = metrics.parent
     done = len(_metrics(run_dir))
     assert done < iters, "the run finished before the signal; raise --iterations"
-    if sig == signal.SIGINT:
+    if sig in (signal.SIGINT, signal.SIGTERM):  # both stop cleanly, with the resume command
         assert proc.returncode == 130 and "--resume" in err
         assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     res = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
