@@ -60,6 +60,31 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, old)
 
 
+@contextlib.contextmanager
+def _signals_request_stop(request_stop):
+    """Inside the block, SIGINT and SIGTERM call ``request_stop`` (a clean stop with a checkpoint
+    after the step in progress) instead of killing the process; a second signal stops at once."""
+    import signal
+
+    def _handler(signum, frame):
+        request_stop()
+        for sig, h in old.items():  # a second Ctrl-C / kill acts as usual
+            signal.signal(sig, h)
+
+    old = {}
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            if signal.getsignal(sig) is not signal.SIG_IGN:
+                old[sig] = signal.signal(sig, _handler)
+    except ValueError:  # not the main thread
+        old = {}
+    try:
+        yield
+    finally:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err_console, transient=True)
@@ -347,10 +372,13 @@ def pretrain_cmd(
             bar.update(tasks[phase], completed=step, description=f"{label}{loss}")
 
         t0 = time.perf_counter()
-        summary = Pretrainer(cfg, out, device=device, progress=report,
-                             max_seconds=None if max_minutes is None else 60 * max_minutes).run()
+        trainer = Pretrainer(cfg, out, device=device, progress=report,
+                             max_seconds=None if max_minutes is None else 60 * max_minutes)
+        with _signals_request_stop(trainer.request_stop):
+            summary = trainer.run()
     if summary.get("stopped"):
-        console.print(f"stopped after {max_minutes:g} min at {summary['phase']} step {summary['step']} with a "
+        why = "on a signal" if trainer.stop_requested else f"after {max_minutes:g} min"
+        console.print(f"stopped {why} at {summary['phase']} step {summary['step']} with a "
                       f"checkpoint in {out}; run the same command again to resume")
         return
     tp = summary["throughput_images_per_s"]

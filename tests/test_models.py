@@ -217,6 +217,51 @@ def test_pretraining_stopped_by_its_time_budget_resumes_to_the_same_weights(tmp_
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_pretraining_asked_to_stop_checkpoints_and_resumes_to_the_same_weights(tmp_path):
+    cfg = PretrainConfig(**TINY_PRETRAIN, ema_decay=0.9)
+    full = Pretrainer(cfg, tmp_path / "full")
+    full.run()
+    holder = {}
+
+    def progress(phase, step, total, row):
+        if phase == "flow" and step == 3:  # what the CLI's SIGINT / SIGTERM handler does
+            holder["trainer"].request_stop()
+
+    cut = Pretrainer(cfg, tmp_path / "cut", progress=progress)
+    holder["trainer"] = cut
+    first = cut.run()
+    assert first["stopped"] and (first["phase"], first["step"]) == ("flow", 3)
+    resumed = Pretrainer(cfg, tmp_path / "cut")
+    assert resumed.run().get("stopped") is None
+    a, b = _weights(full.pipe), _weights(resumed.pipe)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrain_command_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+
+    cfg = tmp_path / "micro.yaml"
+    cfg.write_text(yaml.safe_dump({**TINY_PRETRAIN, "steps": 100000, "model": {**MICRO.model_dump(mode="json")}}))
+    out = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "alignbench.cli", "pretrain", "--out", str(out), "--config", str(cfg)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "log.jsonl").exists():  # first row: end of the VAE phase
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 0, stderr
+    assert "stopped on a signal at flow step" in stdout and "Traceback" not in stderr
+    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    assert state["phase"] == 1 and state["step"] >= 1 and not (out / "pipeline").exists()
+    assert f"at flow step {state['step']} with a checkpoint" in stdout  # the step it reports is the one saved
+
+
 def test_pretraining_weight_ema_follows_the_warmed_up_recursion_and_is_what_gets_saved(tmp_path):
     cfg = PretrainConfig(**{**TINY_PRETRAIN, "vae_steps": 0, "ema_decay": 0.15})
     raw: list[torch.Tensor] = []

@@ -156,6 +156,8 @@ class Pretrainer:
     progress finishes, a checkpoint is written and :meth:`run` returns ``{"stopped": True, ...}``;
     running again resumes exactly (the same weights as one uninterrupted run). For machines lent
     in slots (a GPU for ten minutes at a time) and background jobs that must stop cleanly.
+    :meth:`request_stop` (the CLI calls it on SIGINT and SIGTERM) stops the same way after the
+    step in progress.
 
     Raises:
         UserError: ``out_dir`` holds a checkpoint of a different config (resume needs the same one).
@@ -166,6 +168,7 @@ class Pretrainer:
                  max_seconds: float | None = None):
         self.cfg, self.out = cfg, Path(out_dir)
         self.deadline = None if max_seconds is None else time.monotonic() + max_seconds
+        self.stop_requested = False
         self.device = torch.device(device)
         self.progress = progress or (lambda *a: None)
         self.world = WorldConfig(image_size=cfg.model.image_size)
@@ -323,9 +326,13 @@ class Pretrainer:
                     "timing": self.timing}
         return self._finish()
 
+    def request_stop(self) -> None:
+        """Stop after the step in progress, with a checkpoint (safe to call from a signal handler)."""
+        self.stop_requested = True
+
     def _check_time(self) -> None:
-        """After a step: past the deadline, checkpoint and stop (:class:`_OutOfTime`)."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
+        """After a step: past the deadline or asked to stop, checkpoint and stop (:class:`_OutOfTime`)."""
+        if self.stop_requested or (self.deadline is not None and time.monotonic() >= self.deadline):
             self.save_checkpoint()
             raise _OutOfTime
 
