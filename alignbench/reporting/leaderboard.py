@@ -21,6 +21,7 @@ from typing import Any
 
 import pandas as pd
 
+from ..io import read_jsonl
 from .stats import bootstrap_ci, probability_of_improvement, sign_test
 
 #: diversity columns (higher = more diverse) and cost columns (lower = cheaper) after the task metrics
@@ -62,10 +63,6 @@ def _eval_values(summary: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def _read_rows(path: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def paired_counts(run_dir: str | Path) -> dict[str, tuple[int, int]]:
     """Per numeric metric of the per-image evaluation rows, (images whose final value is higher,
     images whose final value is lower) than the base model's value on the same
@@ -73,8 +70,8 @@ def paired_counts(run_dir: str | Path) -> dict[str, tuple[int, int]]:
     the two evaluations do not cover the same images."""
     d = Path(run_dir)
     try:
-        base = {(r["prompt_index"], r["image_index"]): r for r in _read_rows(d / "eval_base.jsonl")}
-        final = {(r["prompt_index"], r["image_index"]): r for r in _read_rows(d / "eval.jsonl")}
+        base = {(r["prompt_index"], r["image_index"]): r for r in read_jsonl(d / "eval_base.jsonl")}
+        final = {(r["prompt_index"], r["image_index"]): r for r in read_jsonl(d / "eval.jsonl")}
     except (OSError, ValueError, KeyError, TypeError):
         return {}
     if not base or base.keys() != final.keys():
