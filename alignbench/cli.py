@@ -498,15 +498,26 @@ def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
     """Train one resolved run config into a new run directory under ``out`` (or continue the one in
     ``resume_dir``); returns (summary, run directory). Ctrl-C leaves status ``interrupted`` and exits 130."""
     from .models.spec import ModelSpec
-    from .reporting.rundir import new_run_dir, write_run_json
+    from .reporting.rundir import exclusive_lock, new_run_dir, run_lock_path
+
+    if resume_dir is not None:  # refuse before loading anything if another process trains into it
+        with exclusive_lock(run_lock_path(resume_dir), f"run directory {resume_dir}"):
+            pass
+    spec = ModelSpec.model_validate(cfg["model"])
+    backbone = _load_backbone(spec, device)
+    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, cfg["task"], spec.name, cfg["algorithm"],
+                                                                    cfg["seed"])
+    with exclusive_lock(run_lock_path(run_dir), f"run directory {run_dir}"):
+        return _train_locked(cfg, run_dir, backbone, fresh=resume_dir is None, label=label)
+
+
+def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | None) -> tuple[dict, Path]:
+    """The body of :func:`_train`, run while this process holds the run directory's lock."""
+    from .reporting.rundir import write_run_json
     from .task import get_task
     from .training.trainer import NonFiniteError, Trainer
 
-    spec = ModelSpec.model_validate(cfg["model"])
     t = get_task(cfg.get("task_source", cfg["task"]))
-    backbone = _load_backbone(spec, device)
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, t.name, spec.name, cfg["algorithm"],
-                                                                    cfg["seed"])
     name = label or f"{cfg['algorithm']} {t.name}"
     write_run_json(run_dir, "train", cfg, cfg["seed"], "running")
     with _progress() as bar:
@@ -528,7 +539,7 @@ def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
         try:
             trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
         except UserError:
-            if resume_dir is None:  # nothing was trained: leave no half-made run directory behind
+            if fresh:  # nothing was trained: leave no half-made run directory behind
                 import shutil
 
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -588,6 +599,42 @@ def _find_matching_run(out: Path, cfg: dict) -> tuple[Path, str] | None:
     return None
 
 
+def _compare_action(out: Path, cfg: dict, found: tuple[Path, str] | None) -> str:
+    """What ``compare`` will do with one planned run, as shown by its table (and ``--dry-run``)."""
+    from .reporting.rundir import config_lock_path, lock_holder, run_lock_path
+
+    holder = lock_holder(config_lock_path(out, cfg)) or (lock_holder(run_lock_path(found[0])) if found else None)
+    if holder:
+        return f"running elsewhere ({holder})"
+    if found is None:
+        return "new"
+    status = found[1]
+    if status in ("finished", "failed"):
+        return f"skip ({status})"
+    return "resume (stopped while running)" if status == "running" else f"resume ({status})"
+
+
+def _compare_one(out: Path, cfg: dict, device: str, label: str) -> Path | None:
+    """Make one planned run of ``compare`` exist and be finished: claim its configuration (so that a
+    second ``compare`` on the same root leaves it alone), look again for a matching run directory,
+    then skip it (finished), leave it out (failed), resume it or start it. Returns the finished run
+    directory, or None for a failed run.
+
+    Raises:
+        RunBusyError: another process holds this configuration or its run directory."""
+    from .reporting.rundir import config_lock_path, exclusive_lock
+
+    with exclusive_lock(config_lock_path(out, cfg), f"{cfg['algorithm']} seed {cfg['seed']} of this comparison"):
+        found = _find_matching_run(out, cfg)  # again, under the claim: another compare may have made it meanwhile
+        if found is not None and found[1] == "finished":
+            return found[0]
+        if found is not None and found[1] == "failed":
+            err_console.print(f"warning: {found[0]} failed earlier (non-finite values); left out", markup=False)
+            return None
+        _, run_dir = _train(cfg, out, device, resume_dir=found[0] if found else None, label=label)
+        return run_dir
+
+
 def _runs_provenance(run_dirs: list[Path]) -> str:
     """When and from which code the runs were made: the span of their ``run.json`` start / last
     update times, and their alignbench git commits (short)."""
@@ -629,6 +676,7 @@ def compare_cmd(
 
     from .reporting import leaderboard as lb
     from .reporting.plots import pareto_plots, training_curves
+    from .reporting.rundir import RunBusyError
     from .training.trainer import resolve_run_config
 
     names = [a.strip() for a in algos.split(",") if a.strip()]
@@ -642,34 +690,35 @@ def compare_cmd(
     for k in range(seeds):  # seed-major: an interrupted comparison leaves whole seeds, not whole algorithms
         for a in names:
             cfg = resolve_run_config(a, task, model, k, overrides=set_, iterations=iterations)
-            found = _find_matching_run(out, cfg)
-            plan.append((cfg, found))
+            plan.append((cfg, _find_matching_run(out, cfg)))
     table = Table(title=f"matched comparison: {task}, {model}, {seeds} seed(s)")
     for col in ("algorithm", "seed", "action", "run directory"):
         table.add_column(col)
     for cfg, found in plan:
-        action = "new" if found is None else "skip (finished)" if found[1] == "finished" else \
-            "skip (failed)" if found[1] == "failed" else f"resume ({found[1]})"
-        table.add_row(cfg["algorithm"], str(cfg["seed"]), action, str(found[0]) if found else "—")
+        table.add_row(cfg["algorithm"], str(cfg["seed"]), _compare_action(out, cfg, found),
+                      str(found[0]) if found else "—")
     console.print(table)
     if dry_run:
         return
-    done_dirs = []
-    for n, (cfg, found) in enumerate(plan, 1):
+    done_dirs, busy = [], []
+    for n, (cfg, _) in enumerate(plan, 1):
         label = f"[{n}/{len(plan)}] {cfg['algorithm']} seed {cfg['seed']}"
-        if found is not None and found[1] == "finished":
-            done_dirs.append(found[0])
-            continue
-        if found is not None and found[1] == "failed":
-            err_console.print(f"warning: {found[0]} failed earlier (non-finite values); left out", markup=False)
-            continue
         try:
-            _, run_dir = _train(cfg, out, device, resume_dir=found[0] if found else None, label=label)
+            run_dir = _compare_one(out, cfg, device, label)
+        except RunBusyError as exc:  # another compare (say, on another GPU) has this run: leave it to that one
+            err_console.print(f"{label}: skipped, {exc.holder or 'another process'} is running it", markup=False)
+            busy.append(cfg)
+            continue
         except typer.Exit:
             err_console.print("compare interrupted; run the same command again to continue (finished runs are "
                               "kept, the interrupted one resumes)")
             raise
-        done_dirs.append(run_dir)
+        if run_dir is not None:
+            done_dirs.append(run_dir)
+    if busy:
+        err_console.print(f"{len(busy)} run(s) are still running in other processes; the leaderboard is written "
+                          "by the compare that finishes last (or run this command again when they are done)")
+        return
     found_runs = lb.collect_runs(out, task=None, model=None)
     for w in found_runs.warnings:
         if any(str(d) in w for d in done_dirs):

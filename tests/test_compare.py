@@ -4,6 +4,7 @@ leaderboard and plots."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from typer.testing import CliRunner
@@ -70,3 +71,67 @@ def test_compare_rejects_algorithm_overrides_and_unknown_algorithms(tmp_path):
     assert r.exit_code != 0 and "compare shares protocol.*" in r.output
     r = CliRunner().invoke(app, ["compare", "--algos", "tmpo,flowgrpo", "--out", str(tmp_path), "--dry-run"])
     assert r.exit_code == 2 and "did you mean 'flow_grpo'" in r.output
+
+
+def test_run_locks_are_exclusive_name_their_holder_and_die_with_it(tmp_path):
+    import subprocess
+    import sys
+
+    from alignbench.reporting.rundir import RunBusyError, exclusive_lock, lock_holder
+
+    path = tmp_path / "run" / ".lock"
+    assert lock_holder(path) is None
+    with exclusive_lock(path, "run directory X"):
+        holder = lock_holder(path)
+        assert holder is not None and holder.startswith(f"pid {os.getpid()} on ")
+        try:
+            with exclusive_lock(path, "run directory X"):
+                raise AssertionError("a second holder got the lock")
+        except RunBusyError as exc:
+            assert str(exc).startswith(f"run directory X is in use by another process (pid {os.getpid()} on ")
+    assert lock_holder(path) is None  # released when the block ends
+    # a process killed while holding the lock leaves the file but not the lock
+    code = ("import sys, time; from alignbench.reporting.rundir import exclusive_lock\n"
+            f"with exclusive_lock({str(path)!r}, 'x'):\n    print('held', flush=True); time.sleep(60)\n")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "held"
+        assert lock_holder(path) == f"pid {child.pid} on {__import__('socket').gethostname()}"
+    finally:
+        child.kill()
+        child.wait()
+    assert path.exists() and lock_holder(path) is None
+
+
+def test_compare_leaves_a_run_claimed_by_another_process_alone(tmp_path):
+    from alignbench.reporting.rundir import config_lock_path, exclusive_lock, run_lock_path
+    from alignbench.training.trainer import resolve_run_config
+
+    out, report = tmp_path / "runs", tmp_path / "report"
+    args = ["compare", "--task", "geneval", "--algos", "flow_grpo", "--seeds", "2", "--out", str(out),
+            "--report", str(report), *TINY]
+    sets = [TINY[i + 1] for i, x in enumerate(TINY) if x == "--set"]
+    seed1 = resolve_run_config("flow_grpo", "geneval", "tiny-shapes", 1, overrides=sets, iterations=2)
+    with exclusive_lock(config_lock_path(out, seed1), "x"):  # as a second compare would hold it
+        dry = CliRunner().invoke(app, [*args, "--dry-run"])
+        assert dry.exit_code == 0 and f"running elsewhere (pid {os.getpid()}" in dry.output.replace("\n", "")
+        first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "[2/2] flow_grpo seed 1: skipped" in first.output and "still running in other processes" in first.output
+    runs = _runs(out)
+    assert [json.loads((Path(d) / "run.json").read_text())["seed"] for d in runs] == [0]
+    assert not (report / "LEADERBOARD.md").exists()  # an incomplete comparison is not rendered
+
+    second = CliRunner().invoke(app, args)  # the claim is gone: seed 1 runs now, seed 0 is kept
+    assert second.exit_code == 0, second.output
+    assert second.output.count("skip (finished)") == 1 and len(_runs(out)) == 2
+    assert "| flow_grpo | 2 |" in (report / "LEADERBOARD.md").read_text()
+
+    # a run directory held by a live process is refused by `run --resume`, in one line
+    victim = Path(sorted(_runs(out))[0])
+    meta = json.loads((victim / "run.json").read_text())
+    (victim / "run.json").write_text(json.dumps({**meta, "status": "interrupted"}))
+    with exclusive_lock(run_lock_path(victim), "x"):
+        r = CliRunner().invoke(app, ["run", "--resume", str(victim)])
+    assert r.exit_code == 2 and f"run directory {victim} is in use by another process (pid {os.getpid()}" in \
+        r.output.replace("\n", "")

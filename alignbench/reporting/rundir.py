@@ -5,13 +5,19 @@ training runs, ``metrics.jsonl`` and ``checkpoint/``. Every file is written atom
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import hashlib
+import json
 import os
 import platform
+import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..errors import UserError
 from ..io import write_json
 
 DEFAULT_ROOT = Path("results/runs")
@@ -36,6 +42,85 @@ def new_run_dir(root: str | Path, task: str, model: str, algo: str, seed: int) -
         path, i = base.with_name(f"{base.name}-{i}"), i + 1
     path.mkdir(parents=True)
     return path
+
+
+class RunBusyError(UserError):
+    """Another live process holds the lock of a run directory (or of a run configuration).
+
+    Attributes:
+        path: the lock file.
+        holder: what the holder wrote into it ("pid <n> on <host>"), or "" if unreadable.
+    """
+
+    def __init__(self, what: str, path: Path, holder: str):
+        self.path, self.holder = path, holder
+        super().__init__(f"{what} is in use by another process ({holder or 'owner unknown'}); wait for it to "
+                         "finish or stop it, then run the command again")
+
+
+def _holder_text(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
+
+
+@contextlib.contextmanager
+def exclusive_lock(path: str | Path, what: str) -> Iterator[Path]:
+    """Hold an exclusive advisory lock (``fcntl.flock``, non-blocking) on the file ``path`` for the
+    duration of the block, with "pid <n> on <host>" written into it. The operating system drops the
+    lock when the process exits, however it exits (Ctrl-C, SIGKILL, power loss of the process), so
+    a stale lock file never blocks a later run.
+
+    Raises:
+        RunBusyError: another live process holds the lock; the message names ``what`` and the holder.
+
+    On platforms without ``fcntl`` (Windows) the block runs unlocked."""
+    path = Path(path)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        yield path
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunBusyError(what, path, _holder_text(path)) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode())
+        yield path
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def lock_holder(path: str | Path) -> str | None:
+    """Who holds the lock on ``path`` ("pid <n> on <host>"), or None if nobody does (the file may
+    be absent or left by a process that has exited)."""
+    path = Path(path)
+    if not path.exists():
+        return None
+    try:
+        with exclusive_lock(path, str(path)):
+            return None
+    except RunBusyError as exc:
+        return exc.holder or "owner unknown"
+
+
+def run_lock_path(run_dir: str | Path) -> Path:
+    """The lock file of a run directory: held by the process that trains into it."""
+    return Path(run_dir) / ".lock"
+
+
+def config_lock_path(root: str | Path, config: dict[str, Any]) -> Path:
+    """The lock file that claims one resolved run configuration under ``root`` (so that two
+    ``compare`` processes never start or resume the same run): ``<root>/<task>/<model>/<algo>/
+    .seed<k>-<first 12 hex digits of the SHA-256 of the canonical config JSON>.lock``."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    where = Path(root) / safe_name(config["task"]) / safe_name(config["model"]["name"]) / safe_name(config["algorithm"])
+    return where / f".seed{config['seed']}-{digest}.lock"
 
 
 def git_commit() -> str | None:
@@ -69,8 +154,6 @@ def write_run_json(run_dir: Path, kind: str, config: dict[str, Any], seed: int, 
     environment and timestamps."""
     path = run_dir / "run.json"
     now = _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds")
-    import json
-
     old = json.loads(path.read_text()) if path.exists() else {}
     write_json(path, {"kind": kind, "status": status, "seed": seed, "config": config,
                       "environment": old.get("environment") or environment(),
