@@ -676,8 +676,10 @@ def compare_cmd(
 
     from .reporting import leaderboard as lb
     from .reporting.plots import pareto_plots, training_curves
-    from .reporting.rundir import RunBusyError
+    from .reporting.rundir import RunBusyError, git_commit
     from .training.trainer import resolve_run_config
+
+    git_commit()  # read once now: the runs record the code this process loaded, even hours later
 
     names = [a.strip() for a in algos.split(",") if a.strip()]
     if not names:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import functools
 import hashlib
 import json
 import os
@@ -123,8 +124,10 @@ def config_lock_path(root: str | Path, config: dict[str, Any]) -> Path:
     return where / f".seed{config['seed']}-{digest}.lock"
 
 
+@functools.cache
 def git_commit() -> str | None:
-    """The alignbench checkout's HEAD commit (None outside a git checkout)."""
+    """The alignbench checkout's HEAD commit (None outside a git checkout), read once per process:
+    a long ``compare`` records the commit its code was loaded from, not one made while it ran."""
     try:
         here = Path(__file__).resolve().parent
         out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5)
