@@ -113,6 +113,26 @@ def test_run_trains_and_writes_the_run_directory(tmp_path):
     assert "base" in res.output and "final" in res.output
 
 
+def test_a_run_that_cannot_learn_evaluates_exactly_like_the_base_model(tmp_path):
+    """The paired comparison measures training only: with a vanishing learning rate the LoRA stays
+    at B = 0 and the EMA model must draw the base model's images, pixel for pixel, on the same noises."""
+    import numpy as np
+    from PIL import Image
+
+    from alignbench.reporting.leaderboard import paired_counts
+
+    res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "1", "--out",
+                                   str(tmp_path), *TINY, "--set", "algo.lr=1e-30"])
+    assert res.exit_code == 0, res.output
+    run_dir = _run_dir(tmp_path)
+    grids = [np.asarray(Image.open(run_dir / "samples" / f"{p}_grid.png")) for p in ("eval_base", "eval")]
+    assert grids[0].shape == grids[1].shape and np.array_equal(grids[0], grids[1])
+    base, final = (json.loads((run_dir / f"{p}.json").read_text()) for p in ("eval_base", "eval"))
+    assert base["metrics"] == final["metrics"] and base["lgmd"] == final["lgmd"]
+    counts = paired_counts(run_dir)
+    assert counts and all(v == (0, 0) for v in counts.values()), counts
+
+
 @pytest.mark.parametrize("algo,extra", [("tmpo", TMPO_TINY), ("flow_grpo", [])])
 def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
     res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", bright_task["bright"], "--iterations", "6",
