@@ -144,3 +144,21 @@ def test_paired_image_counts_and_sign_test(tmp_path):
     assert (row["paired_better"], row["paired_worse"]) == (5, 1)
     assert row["paired_p"] == pytest.approx(14 / 64)
     assert "+5/−1 (p=0.22)" in to_markdown(frame)
+
+
+def test_one_algorithm_has_one_colour_in_every_plot(runs):
+    from matplotlib.colors import to_hex
+
+    from alignbench.reporting.plots import algorithm_colors
+
+    # fixed for the built-ins whatever the subset or order; others take the free colours in sorted order
+    assert algorithm_colors(["tmpo", "flow_grpo"]) == {"tmpo": "C4", "flow_grpo": "C0"}
+    assert algorithm_colors(["zeta", "gardo", "alpha"]) == {"zeta": "C6", "gardo": "C3", "alpha": "C5"}
+    root = runs[0]
+    r = CliRunner().invoke(app, ["leaderboard", "--root", str(root), "--format", "csv", "--plots", str(root / "p")])
+    assert r.exit_code == 0, r.output
+    # the leaderboard ranks tmpo first, the curves sort by name: both draw tmpo in C4 and flow_grpo in C0
+    tmpo, flow = to_hex("C4"), to_hex("C0")
+    for name in ("pareto_lgmd", "curves"):
+        svg = (root / "p" / f"{name}.svg").read_text()
+        assert tmpo in svg and flow in svg and to_hex("C1") not in svg, name

@@ -8,6 +8,8 @@ directories.
   by a dashed line.
 * ``curves.png/.svg``: per algorithm, the training reward and the LGMD of the rollout leaves per
   iteration (mean over seeds, shaded min–max over seeds).
+
+Every algorithm has one colour in all plots of all tasks (:func:`algorithm_colors`).
 """
 
 from __future__ import annotations
@@ -21,6 +23,20 @@ import pandas as pd
 from .leaderboard import LABELS, RunRecord
 
 X_AXES = (("lgmd", True), ("cosine_diversity", True), ("seconds_per_iteration", False))
+
+#: the built-in algorithms, which take matplotlib's tab10 colours C0–C4 in this order in every plot
+BUILTIN_ORDER = ("flow_grpo", "mixgrpo", "treegrpo", "gardo", "tmpo")
+_PALETTE = ("C0", "C1", "C2", "C3", "C4", "C5", "C6", "C8", "C9")  # C7 (grey) is the Pareto front's
+
+
+def algorithm_colors(names: list[str]) -> dict[str, str]:
+    """A fixed matplotlib colour per algorithm name, so that one algorithm has one colour in every
+    plot of every task: the built-ins of :data:`BUILTIN_ORDER` always take C0–C4; any other name
+    takes the next free colour of the palette in sorted order (cycling after nine names)."""
+    fixed = {n: _PALETTE[i] for i, n in enumerate(BUILTIN_ORDER)}
+    others = sorted(set(names) - set(fixed))
+    fixed.update({n: _PALETTE[(len(BUILTIN_ORDER) + j) % len(_PALETTE)] for j, n in enumerate(others)})
+    return {n: fixed[n] for n in names}
 
 
 def pareto_front(xs: np.ndarray, ys: np.ndarray, x_higher_better: bool) -> list[int]:
@@ -65,12 +81,13 @@ def pareto_plots(frame: pd.DataFrame, out_dir: str | Path, title: str) -> list[P
             continue
         fig, ax = plt.subplots(figsize=(5.5, 4.2))
         pts = algos.dropna(subset=[x, primary])
+        colors = algorithm_colors(list(pts["algorithm"]))
         for _, row in pts.iterrows():
             xerr = None if pd.isna(row[f"{x}_low"]) else [[row[x] - row[f"{x}_low"]], [row[f"{x}_high"] - row[x]]]
             yerr = (None if pd.isna(row[f"{primary}_low"])
                     else [[row[primary] - row[f"{primary}_low"]], [row[f"{primary}_high"] - row[primary]]])
             ax.errorbar(row[x], row[primary], xerr=xerr, yerr=yerr, fmt="o", capsize=3,
-                        label=f"{row['algorithm']} (n={int(row['seeds'])})")
+                        color=colors[row["algorithm"]], label=f"{row['algorithm']} (n={int(row['seeds'])})")
         if not base.empty and not pd.isna(base.iloc[0].get(x, np.nan)):
             ax.plot(base.iloc[0][x], base.iloc[0][primary], marker="*", color="black", markersize=13,
                     linestyle="none", label="base model")
@@ -108,6 +125,7 @@ def training_curves(runs: list[RunRecord], out_dir: str | Path, title: str) -> l
     if not by_algo:  # no run has per-iteration metrics: nothing to draw
         return []
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    colors = algorithm_colors(sorted(by_algo))
     for algo, frames in sorted(by_algo.items()):
         for ax, key in zip(axes, ("reward_mean", "lgmd_train"), strict=True):
             series = [f.set_index("iteration")[key] for f in frames if key in f]
@@ -116,8 +134,8 @@ def training_curves(runs: list[RunRecord], out_dir: str | Path, title: str) -> l
             table = pd.concat(series, axis=1)
             smooth = table.rolling(5, min_periods=1).mean()
             mean = smooth.mean(axis=1)
-            line = ax.plot(mean.index, mean.values, label=f"{algo} (n={len(series)})")[0]
-            ax.fill_between(mean.index, smooth.min(axis=1), smooth.max(axis=1), color=line.get_color(), alpha=0.15)
+            ax.plot(mean.index, mean.values, color=colors[algo], label=f"{algo} (n={len(series)})")
+            ax.fill_between(mean.index, smooth.min(axis=1), smooth.max(axis=1), color=colors[algo], alpha=0.15)
     # each algorithm's rollouts use its own sampler (SDE everywhere for Flow-GRPO, ODE outside the
     # branch points for the tree methods), so levels differ between algorithms from iteration 0
     axes[0].set_ylabel("training reward under own sampler\n(5-iteration mean)")
