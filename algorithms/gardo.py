@@ -171,9 +171,14 @@ class GARDO(Algorithm):
         return adv
 
     def kl_edge_weights(self, rollout: Rollout) -> torch.Tensor | None:
+        """The KL gate of this iteration, float [n_edges] in [0, 1]: per trained edge, the fraction of its
+        leaves among the ⌈k·K⌉ of their group with the largest uncertainty U (1 or 0 on Flow-GRPO's
+        chains; specs/algorithms.md §4). None before the first :meth:`advantages` call."""
         return self._edge_gate
 
     def reset_reference(self, stats: dict[str, float], optimizer_steps: int) -> bool:
+        """Reset the reference to the current policy when the KL exceeds ``reset_kl`` or after
+        ``reset_steps`` optimizer steps since the last reset (specs/algorithms.md §4)."""
         return stats["kl"] > self.config.reset_kl or optimizer_steps >= self.config.reset_steps
 
     def metrics(self, progress: Progress) -> dict[str, Any]:

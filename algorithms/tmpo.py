@@ -195,6 +195,8 @@ class TMPO(Algorithm):
         return tree_plan(self.ctx.num_steps, self.last_branch, c.children, c.eta, c.kernel, c.root_threshold)
 
     def beta(self, progress: Progress) -> float:
+        """Reward temperature β of the target distribution ∝ exp(β·r) at this iteration (linear warm-up
+        from ``beta_start`` to ``beta_end``; specs/algorithms.md §5)."""
         c = self.config
         return reward_temperature(progress.iteration, c.beta_start, c.beta_end, c.beta_warmup)
 

@@ -84,6 +84,11 @@ class Task:
         return self._rewards[domain]
 
     def prompt_file(self, split: str, domain: str = "shapes") -> Path:
+        """Path of the ``train`` or ``test`` prompt JSONL of ``domain``.
+
+        Raises:
+            UserError: ``split`` is not train or test, or the task has no such domain.
+        """
         if split not in ("train", "test"):
             raise UserError(f"split '{split}' is not valid; allowed: train, test")
         return self.root / getattr(self.domain(domain).prompts, split)

@@ -99,6 +99,7 @@ class FluxBackbone:
     # ----------------------------------------------------------------------------------- shapes
     @property
     def transformer(self) -> torch.nn.Module:
+        """The pipeline's own transformer (with the LoRA adapter once attached)."""
         return self.pipe.transformer
 
     @property

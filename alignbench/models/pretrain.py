@@ -238,6 +238,7 @@ class Pretrainer:
     # ----------------------------------------------------------------------------- checkpointing
     @property
     def ckpt_path(self) -> Path:
+        """``<out>/checkpoint.pt``, the resumable training state."""
         return self.out / "checkpoint.pt"
 
     def _trainable(self) -> list[torch.nn.Parameter]:
@@ -251,6 +252,7 @@ class Pretrainer:
         self.opt = torch.optim.AdamW(self._trainable(), lr=lr, weight_decay=self.cfg.weight_decay)
 
     def save_checkpoint(self) -> None:
+        """Atomically write weights, optimizer, EMA, phase, step and timing to :attr:`ckpt_path`."""
         p = self.pipe
         state = {"config": self.cfg.model_dump(mode="json"), "phase": self.phase, "step": self.step,
                  "timing": self.timing,
@@ -265,6 +267,12 @@ class Pretrainer:
         atomic_write_bytes(self.ckpt_path, buf.getvalue())
 
     def load_checkpoint(self) -> bool:
+        """Restore :attr:`ckpt_path` if it exists; returns whether it did.
+
+        Raises:
+            UserError: the checkpoint was written with another configuration (fields added later
+                match when they hold their default).
+        """
         if not self.ckpt_path.exists():
             return False
         state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)

@@ -52,6 +52,7 @@ class Progress:
 
     @property
     def fraction(self) -> float:
+        """Training progress in [0, 1): ``iteration / total``."""
         return self.iteration / max(self.total, 1)
 
 
@@ -197,6 +198,7 @@ class Algorithm:
         return {}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Restore what :meth:`state_dict` returned (called on resume); default: nothing."""
         pass
 
     def check_plan(self, plan: RolloutPlan) -> None:

@@ -206,6 +206,7 @@ class Trainer:
     # ------------------------------------------------------------------------------ checkpoints
     @property
     def checkpoint_path(self) -> Path:
+        """``<run_dir>/checkpoint/state.pt``: LoRA, EMA, optimizer, scheduler, RNG and algorithm state."""
         return self.run_dir / "checkpoint" / "state.pt"
 
     def save_checkpoint(self, iterations_done: int) -> None:
