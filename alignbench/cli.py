@@ -40,6 +40,15 @@ def user_errors(fn):
     return wrapper
 
 
+def _set_threads(threads: int | None) -> None:
+    """``--threads``: torch's intra-op CPU threads for this process (None: torch's default, the
+    number of cores); recorded in each run's ``run.json`` as ``environment.torch_threads``."""
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Inside the block, SIGTERM (``kill``, a job scheduler, a closing session) stops a training run
@@ -354,8 +363,7 @@ def pretrain_cmd(
     cfg = resolve(PretrainConfig, config_file=config, overrides=cli + (set_ or []))
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device: '{device}' requested but CUDA is not available here; allowed: cpu")
-    if threads:
-        torch.set_num_threads(threads)
+    _set_threads(threads)
     if export is not None:
         where = Pretrainer(cfg, out, device="cpu").export(export)
         console.print(f"exported {out / 'checkpoint.pt'} ({where['phase']} phase, step {where['step']}"
@@ -399,8 +407,10 @@ def eval_cmd(
     out: Annotated[Path, typer.Option(help="root of run directories")] = Path("results/runs"),
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a model field, e.g. --set model.source=/path/to/FLUX.1-dev")] = None,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
 ) -> None:
     """Evaluate a model (no training) with the evaluation protocol; writes a run directory."""
+    _set_threads(threads)
     from .config import apply_overrides
     from .evaluation import EvalConfig, evaluate, write_eval
     from .models.spec import get_model
@@ -467,11 +477,14 @@ def run_cmd(
     out: Annotated[Path, typer.Option(help="root of run directories")] = Path("results/runs"),
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its last checkpoint")] = None,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
 ) -> None:
     """Train one algorithm on one task: evaluate the base model, train, evaluate the EMA model."""
     import json
 
     from .training.trainer import resolve_run_config
+
+    _set_threads(threads)
 
     if resume is not None:
         if set_ or config is not None or iterations is not None:
@@ -667,6 +680,7 @@ def compare_cmd(
     report: Annotated[Path | None, typer.Option(help="where the leaderboard and plots go (default: results/<task>)")] = None,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
     dry_run: Annotated[bool, typer.Option(help="only print which runs exist, resume or start")] = False,
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
 ) -> None:
     """Run a matched comparison (specs/algorithms.md §6): one protocol for all algorithms, each with
     its own sampler, advantage, loss and hyperparameters; finished runs are skipped, interrupted ones
@@ -680,6 +694,7 @@ def compare_cmd(
     from .training.trainer import resolve_run_config
 
     git_commit()  # read once now: the runs record the code this process loaded, even hours later
+    _set_threads(threads)
 
     names = [a.strip() for a in algos.split(",") if a.strip()]
     if not names:

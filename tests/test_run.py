@@ -121,10 +121,15 @@ def test_a_run_that_cannot_learn_evaluates_exactly_like_the_base_model(tmp_path)
 
     from alignbench.reporting.leaderboard import paired_counts
 
-    res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "1", "--out",
-                                   str(tmp_path), *TINY, "--set", "algo.lr=1e-30"])
+    threads = torch.get_num_threads()
+    try:
+        res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "1", "--out",
+                                       str(tmp_path), *TINY, "--set", "algo.lr=1e-30", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
     assert res.exit_code == 0, res.output
     run_dir = _run_dir(tmp_path)
+    assert json.loads((run_dir / "run.json").read_text())["environment"]["torch_threads"] == 1  # --threads
     grids = [np.asarray(Image.open(run_dir / "samples" / f"{p}_grid.png")) for p in ("eval_base", "eval")]
     assert grids[0].shape == grids[1].shape and np.array_equal(grids[0], grids[1])
     base, final = (json.loads((run_dir / f"{p}.json").read_text()) for p in ("eval_base", "eval"))
