@@ -648,6 +648,20 @@ def _compare_one(out: Path, cfg: dict, device: str, label: str) -> Path | None:
         return run_dir
 
 
+def _still_busy(out: Path, busy: list[dict], done_dirs: list[Path]) -> list[dict]:
+    """Of the configs another process held when this ``compare`` reached them, those still not
+    finished; the ones finished since are appended to ``done_dirs``, so that the compare that ends
+    last sees every run finished and writes the leaderboard."""
+    still = []
+    for cfg in busy:
+        found = _find_matching_run(out, cfg)
+        if found is not None and found[1] == "finished":
+            done_dirs.append(found[0])
+        else:
+            still.append(cfg)
+    return still
+
+
 def _runs_provenance(run_dirs: list[Path]) -> str:
     """When and from which code the runs were made: the span of their ``run.json`` start / last
     update times, and their alignbench git commits (short)."""
@@ -732,6 +746,7 @@ def compare_cmd(
             raise
         if run_dir is not None:
             done_dirs.append(run_dir)
+    busy = _still_busy(out, busy, done_dirs)
     if busy:
         err_console.print(f"{len(busy)} run(s) are still running in other processes; the leaderboard is written "
                           "by the compare that finishes last (or run this command again when they are done)")

@@ -122,6 +122,16 @@ def test_compare_leaves_a_run_claimed_by_another_process_alone(tmp_path):
     assert [json.loads((Path(d) / "run.json").read_text())["seed"] for d in runs] == [0]
     assert not (report / "LEADERBOARD.md").exists()  # an incomplete comparison is not rendered
 
+    # a run another process held and has finished since counts as done at the end of this compare
+    from alignbench.cli import _still_busy
+    from alignbench.reporting.rundir import new_run_dir, write_run_json
+
+    done: list[Path] = []
+    assert _still_busy(out, [seed1], done) == [seed1] and done == []
+    other = new_run_dir(tmp_path / "elsewhere", "geneval", "tiny-shapes", "flow_grpo", 1)
+    write_run_json(other, "train", seed1, 1, "finished")
+    assert _still_busy(tmp_path / "elsewhere", [seed1], done) == [] and done == [other]
+
     second = CliRunner().invoke(app, args)  # the claim is gone: seed 1 runs now, seed 0 is kept
     assert second.exit_code == 0, second.output
     assert second.output.count("skip (finished)") == 1 and len(_runs(out)) == 2
