@@ -94,9 +94,9 @@ def _signals_request_stop(request_stop):
             signal.signal(sig, h)
 
 
-def _progress() -> Progress:
+def _progress(disable: bool = False) -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    console=err_console, transient=True)
+                    console=err_console, transient=True, disable=disable)
 
 
 def _world_config(config: Path | None, overrides: list[str] | None):
@@ -503,7 +503,8 @@ def run_cmd(
     else:
         cfg = resolve_run_config(algo, task, model, seed, config_file=config, overrides=set_, iterations=iterations)
     summary, run_dir = _train(cfg, out, device, resume_dir=resume)
-    _print_run_summary(cfg, summary, run_dir)
+    if _process_state(device).is_main_process:
+        _print_run_summary(cfg, summary, run_dir)
 
 
 def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
@@ -513,27 +514,59 @@ def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
     from .models.spec import ModelSpec
     from .reporting.rundir import exclusive_lock, new_run_dir, run_lock_path
 
-    if resume_dir is not None:  # refuse before loading anything if another process trains into it
+    state = _process_state(device)
+    main = state.is_main_process
+    if state.num_processes > 1 and device != "cpu":
+        device = str(state.device)  # under accelerate launch / torchrun: this process's own GPU
+    if resume_dir is not None and main:  # refuse before loading anything if another process trains into it
         with exclusive_lock(run_lock_path(resume_dir), f"run directory {resume_dir}"):
             pass
     spec = ModelSpec.model_validate(cfg["model"])
     backbone = _load_backbone(spec, device)
-    run_dir = resume_dir if resume_dir is not None else new_run_dir(out, cfg["task"], spec.name, cfg["algorithm"],
-                                                                    cfg["seed"])
-    with exclusive_lock(run_lock_path(run_dir), f"run directory {run_dir}"):
-        return _train_locked(cfg, run_dir, backbone, fresh=resume_dir is None, label=label)
+    run_dir = resume_dir
+    if run_dir is None:  # the main process names the new directory; the others take its name
+        made = new_run_dir(out, cfg["task"], spec.name, cfg["algorithm"], cfg["seed"]) if main else None
+        run_dir = Path(_broadcast(str(made) if made else None, state))
+    lock = exclusive_lock(run_lock_path(run_dir), f"run directory {run_dir}") if main else contextlib.nullcontext()
+    with lock:
+        return _train_locked(cfg, run_dir, backbone, fresh=resume_dir is None, label=label, main=main)
 
 
-def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | None) -> tuple[dict, Path]:
-    """The body of :func:`_train`, run while this process holds the run directory's lock."""
-    from .reporting.rundir import write_run_json
+def _process_state(device: str):
+    """accelerate's ``PartialState`` of this process: one process, unless started by ``accelerate
+    launch`` or ``torchrun`` (then ``num_processes`` > 1 and only ``is_main_process`` writes)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=device == "cpu")
+
+
+def _broadcast(value: str | None, state) -> str:
+    """The main process's ``value`` on every process (itself when there is one process)."""
+    if state.num_processes == 1:
+        return value  # type: ignore[return-value]
+    from accelerate.utils import broadcast_object_list
+
+    box = [value]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | None,
+                  main: bool = True) -> tuple[dict, Path]:
+    """The body of :func:`_train`, run while this process holds the run directory's lock; only the
+    main process (``main``) writes ``run.json`` and shows progress."""
+    from .reporting.rundir import write_run_json as _write_run_json
     from .task import get_task
     from .training.trainer import NonFiniteError, Trainer
+
+    def write_run_json(*args, **kwargs) -> None:
+        if main:
+            _write_run_json(*args, **kwargs)
 
     t = get_task(cfg.get("task_source", cfg["task"]))
     name = label or f"{cfg['algorithm']} {t.name}"
     write_run_json(run_dir, "train", cfg, cfg["seed"], "running")
-    with _progress() as bar:
+    with _progress(disable=not main) as bar:
         jobs: dict[str, int] = {}
 
         def report(event: str, info) -> None:
@@ -552,7 +585,7 @@ def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | 
         try:
             trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
         except UserError:
-            if fresh:  # nothing was trained: leave no half-made run directory behind
+            if fresh and main:  # nothing was trained: leave no half-made run directory behind
                 import shutil
 
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -562,8 +595,9 @@ def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | 
                 summary = trainer.run()
         except KeyboardInterrupt:
             write_run_json(run_dir, "train", cfg, cfg["seed"], "interrupted")
-            err_console.print(f"interrupted after {trainer.start_iteration_done} checkpointed iteration(s); "
-                              f"continue with: alignbench run --resume {run_dir}")
+            if main:
+                err_console.print(f"interrupted after {trainer.start_iteration_done} checkpointed iteration(s); "
+                                  f"continue with: alignbench run --resume {run_dir}")
             raise typer.Exit(130) from None
         except NonFiniteError:
             write_run_json(run_dir, "train", cfg, cfg["seed"], "failed")
@@ -709,6 +743,9 @@ def compare_cmd(
 
     git_commit()  # read once now: the runs record the code this process loaded, even hours later
     _set_threads(threads)
+    if _process_state(device).num_processes > 1:
+        raise UserError("compare: runs one process per run; start one compare per GPU instead (they share --out "
+                        "safely), or train one run on several GPUs with accelerate launch … alignbench run")
 
     names = [a.strip() for a in algos.split(",") if a.strip()]
     if not names:

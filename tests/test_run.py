@@ -138,6 +138,34 @@ def test_a_run_that_cannot_learn_evaluates_exactly_like_the_base_model(tmp_path)
     assert counts and all(v == (0, 0) for v in counts.values()), counts
 
 
+def _torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "alignbench.cli", *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=600)
+
+
+def test_two_processes_train_one_run_with_the_counts_of_one(tmp_path):
+    """The multi-GPU path, on CPU (gloo): ``torchrun --nproc_per_node 2 -m alignbench.cli run`` splits
+    each iteration's prompts over the processes, writes one run directory from the main process and
+    reports NFE, trained edges and leaves summed over processes, equal to a one-process run's."""
+    args = ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "2", *TINY,
+            "--set", "protocol.prompts_per_iteration=2"]
+    two = _torchrun([*args, "--out", str(tmp_path / "two")], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count("base → final") == 1  # one summary, from the main process
+    runs = list((tmp_path / "two").rglob("run.json"))
+    assert len(runs) == 1 and json.loads(runs[0].read_text())["status"] == "finished"
+    one = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    keys = ("iteration", "nfe", "nfe_rollout", "trained_edges", "leaves")
+    assert [{k: r[k] for k in keys} for r in _metrics(runs[0].parent)] == \
+        [{k: r[k] for k in keys} for r in _metrics(_run_dir(tmp_path / "one"))]
+    odd = _torchrun([*args[:-1], "protocol.prompts_per_iteration=3", "--out", str(tmp_path / "odd")], tmp_path)
+    assert odd.returncode != 0 and "error: protocol.prompts_per_iteration: 3 prompts cannot be split evenly over 2 " \
+        "processes" in odd.stderr.replace("\n", "")
+
+
 @pytest.mark.parametrize("algo,extra", [("tmpo", TMPO_TINY), ("flow_grpo", [])])
 def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
     res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", bright_task["bright"], "--iterations", "6",

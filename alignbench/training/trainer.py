@@ -167,6 +167,10 @@ class Trainer:
         domain = config["model"]["domain"]
         self.reward = task.reward(domain)
         self.train_prompts = task.prompts("train", domain)
+        if self.protocol.prompts_per_iteration % self.acc.num_processes:
+            raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} prompts cannot be "
+                              f"split evenly over {self.acc.num_processes} processes; use a multiple of "
+                              f"{self.acc.num_processes}")
         if self.protocol.prompts_per_iteration > len(self.train_prompts):
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
                               f"{len(self.train_prompts)} train prompts of task '{task.name}'")
@@ -275,6 +279,14 @@ class Trainer:
         return result.summary
 
     # ------------------------------------------------------------------------------ the loop
+    def _over_processes(self, values: list[float], reduction: str) -> list[float]:
+        """``values`` summed (``"sum"``) or averaged (``"mean"``) over the processes of an
+        ``accelerate launch``; unchanged with one process."""
+        if self.acc.num_processes == 1:
+            return [float(v) for v in values]
+        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.acc.device)
+        return [float(v) for v in self.acc.reduce(t, reduction=reduction).cpu()]
+
     def _check(self, iteration: int, name: str, value: torch.Tensor | float) -> None:
         t = torch.as_tensor(value)
         if not bool(torch.isfinite(t).all()):
@@ -351,23 +363,26 @@ class Trainer:
         groups = [rollout.leaves[rollout.leaf_prompt == g] for g in rollout.leaf_prompt.unique()]
         train_lgmd = float(np.mean([lgmd(z) for z in groups if z.shape[0] > 1])) if groups else float("nan")
         reward_all = self.acc.gather(total.to(self.acc.device)).cpu()
+        adv_all = self.acc.gather(adv.detach().float().to(self.acc.device)).cpu()
+        # with several processes: counts are summed over them, per-update statistics averaged
+        nfe, nfe_rollout, trained_edges, leaves = self._over_processes(
+            [bb.nfe - nfe0, rollout.nfe, rollout.x.shape[0], rollout.leaves.shape[0]], "sum")
+        loss, clip_frac, approx_kl, ratio_mean, kl, train_lgmd = self._over_processes(
+            [float(np.mean([s[k] for s in upd])) for k in ("loss", "clip_frac", "approx_kl", "ratio_mean", "kl")]
+            + [train_lgmd], "mean")
         row: dict[str, Any] = {
             "iteration": it,
             "reward_mean": float(reward_all.mean()), "reward_std": float(reward_all.std(unbiased=False)),
-            **{f"reward_{k}": float(v.mean()) for k, v in score_t.items()},
+            **{f"reward_{k}": float(self.acc.gather(v.float().to(self.acc.device)).mean()) for k, v in score_t.items()},
             "lgmd_train": train_lgmd,
-            "adv_mean": float(adv.mean()), "adv_std": float(adv.std(unbiased=False)),
-            "adv_min": float(adv.min()), "adv_max": float(adv.max()),
-            "loss": float(np.mean([s["loss"] for s in upd])),
-            "clip_frac": float(np.mean([s["clip_frac"] for s in upd])),
-            "approx_kl": float(np.mean([s["approx_kl"] for s in upd])),
-            "ratio_mean": float(np.mean([s["ratio_mean"] for s in upd])),
-            "kl": float(np.mean([s["kl"] for s in upd])),
+            "adv_mean": float(adv_all.mean()), "adv_std": float(adv_all.std(unbiased=False)),
+            "adv_min": float(adv_all.min()), "adv_max": float(adv_all.max()),
+            "loss": loss, "clip_frac": clip_frac, "approx_kl": approx_kl, "ratio_mean": ratio_mean, "kl": kl,
             "grad_norm": float(np.mean(grad_norms)),
             "lr": float(self.scheduler.get_last_lr()[0]), "kl_beta": c.kl_beta,
             **self.algo.metrics(progress),
             **({"reference_reset": reference_reset} if self.reference_state is not None else {}),
-            "nfe": int(bb.nfe - nfe0), "nfe_rollout": int(rollout.nfe), "trained_edges": int(rollout.x.shape[0]), "leaves": int(rollout.leaves.shape[0]),
+            "nfe": int(nfe), "nfe_rollout": int(nfe_rollout), "trained_edges": int(trained_edges), "leaves": int(leaves),
             "seconds": {"rollout": t_rollout - t_start, "reward": t_reward - t_rollout, "update": t_update - t_reward,
                         "total": time.perf_counter() - t_start},
             "peak_memory_mb": _peak_memory_mb(bb.device),
