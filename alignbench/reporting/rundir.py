@@ -101,13 +101,19 @@ def lock_holder(path: str | Path) -> str | None:
     """Who holds the lock on ``path`` ("pid <n> on <host>"), or None if nobody does (the file may
     be absent or left by a process that has exited)."""
     path = Path(path)
-    if not path.exists():
+    try:
+        import fcntl
+
+        fd = os.open(path, os.O_RDONLY)  # a probe: it never writes the file, so a holder's name stays
+    except (ImportError, OSError):  # no fcntl (Windows), no such file, or unreadable: nobody to report
         return None
     try:
-        with exclusive_lock(path, str(path)):
-            return None
-    except RunBusyError as exc:
-        return exc.holder or "owner unknown"
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return _holder_text(path) or "owner unknown"
+    finally:
+        os.close(fd)
 
 
 def run_lock_path(run_dir: str | Path) -> Path:
