@@ -166,6 +166,21 @@ def test_two_processes_train_one_run_with_the_counts_of_one(tmp_path):
         "processes" in odd.stderr.replace("\n", "")
 
 
+def test_every_algorithm_trains_on_the_same_prompts_for_one_seed(tmp_path):
+    """Matched protocol: the prompts of iteration i depend on (seed, i) only, not on the random
+    numbers an algorithm's plan draws (TMPO draws its branch points, Flow-GRPO draws nothing)."""
+    seen = {}
+    for algo, extra, seed in (("tmpo", TMPO_TINY, 0), ("flow_grpo", [], 0), ("flow_grpo", [], 1)):
+        out = tmp_path / f"{algo}{seed}"
+        res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", "geneval", "--iterations", "3", "--seed",
+                                       str(seed), "--out", str(out), *TINY, *extra, "--set", "eval.max_prompts=1",
+                                       "--set", "eval.images_per_prompt=2"])
+        assert res.exit_code == 0, res.output
+        seen[algo, seed] = [r["prompt_indices"] for r in _metrics(_run_dir(out))]
+    assert seen["tmpo", 0] == seen["flow_grpo", 0] and len(seen["tmpo", 0]) == 3
+    assert seen["flow_grpo", 1] != seen["flow_grpo", 0]
+
+
 @pytest.mark.parametrize("algo,extra", [("tmpo", TMPO_TINY), ("flow_grpo", [])])
 def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
     res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", bright_task["bright"], "--iterations", "6",

@@ -300,10 +300,14 @@ class Trainer:
         t_start = time.perf_counter()
         proto, c, bb = self.protocol, self.algo.config, self.backbone
         progress = Progress(it, proto.iterations)
+        # two streams per (seed, iteration): the prompts come from their own, so that every algorithm
+        # trains on the same prompts in the same order for one seed (matched protocol, specs/algorithms.md
+        # §6), whatever random numbers its plan draws; the plan and the rollout noise use the other
+        chosen = np.random.default_rng(np.random.SeedSequence([self.seed, 2, it])).choice(
+            len(self.train_prompts), proto.prompts_per_iteration, replace=False)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, it]))
         plan = self.algo.plan(progress, rng)
         self.algo.check_plan(plan)  # every iteration: a plan must keep the protocol's group size
-        chosen = rng.choice(len(self.train_prompts), proto.prompts_per_iteration, replace=False)
         norm = plan.normalized()
         root_seeds = rng.integers(0, 2**62, size=(len(chosen), norm.n_roots)).tolist()
         gen = torch.Generator("cpu").manual_seed(int(rng.integers(0, 2**62)))
@@ -372,6 +376,7 @@ class Trainer:
             + [train_lgmd], "mean")
         row: dict[str, Any] = {
             "iteration": it,
+            "prompt_indices": [int(i) for i in chosen],  # into the task's train split, all processes
             "reward_mean": float(reward_all.mean()), "reward_std": float(reward_all.std(unbiased=False)),
             **{f"reward_{k}": float(self.acc.gather(v.float().to(self.acc.device)).mean()) for k, v in score_t.items()},
             "lgmd_train": train_lgmd,
