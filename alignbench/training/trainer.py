@@ -310,12 +310,22 @@ class Trainer:
         self.algo.check_plan(plan)  # every iteration: a plan must keep the protocol's group size
         norm = plan.normalized()
         root_seeds = rng.integers(0, 2**62, size=(len(chosen), norm.n_roots)).tolist()
-        gen = torch.Generator("cpu").manual_seed(int(rng.integers(0, 2**62)))
+        noise_key = int(rng.integers(0, 2**62))
         mine = list(range(self.acc.process_index, len(chosen), self.acc.num_processes))
         records = [self.train_prompts[int(chosen[i])] for i in mine]
         embeds = bb.encode_prompts([r["prompt"] for r in records])
         nfe0 = bb.nfe
-        rollout = execute(bb, plan, embeds, [root_seeds[i] for i in mine], generator=gen,
+        shape = bb.latent_shape
+
+        def sde_noise(p: int, step: int, path: tuple[int, ...]) -> torch.Tensor:
+            # ξ of one child, seeded by (iteration key, the prompt's place in the iteration, step, branch
+            # path): the same whichever process samples that prompt, so an N-process run draws the
+            # noises of a one-process run (the path's length is in the key because SeedSequence
+            # ignores trailing zeros: [.., 3] and [.., 3, 0] give the same state)
+            state = np.random.SeedSequence([noise_key, mine[p], step, len(path), *path]).generate_state(1, np.uint64)[0]
+            return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(state >> 1)))
+
+        rollout = execute(bb, plan, embeds, [root_seeds[i] for i in mine], noise_fn=sde_noise,
                           reduction=c.logprob_reduction, batch_size=proto.rollout_batch)
         self._check(it, "log-prob", rollout.log_prob)
         t_rollout = time.perf_counter()
