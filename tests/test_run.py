@@ -196,7 +196,7 @@ LEARN = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=3", "--
     ("flow_grpo", ["--iterations", "6", "--set", "protocol.train_steps=4", "--set", "algo.lr=2e-3"])])
 def test_policy_learns_a_brightness_reward(tmp_path, bright_task, algo, extra):
     """Two prompts × 8 images per iteration: with these settings the mean training reward of the last
-    two iterations beat that of the first two by 0.09–0.37 on seeds 0, 1 and 2 (measured); the test
+    two iterations beat that of the first two by 0.09–0.36 on seeds 0, 1 and 2 (measured); the test
     runs seed 0. Four images of one prompt were too few: the per-prompt spread drowned the learning."""
     res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", bright_task["bright"], "--out", str(tmp_path),
                                    *LEARN, *extra])
