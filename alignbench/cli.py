@@ -482,7 +482,7 @@ def run_cmd(
     """Train one algorithm on one task: evaluate the base model, train, evaluate the EMA model."""
     import json
 
-    from .training.trainer import resolve_run_config
+    from .training.trainer import RNG_STREAMS, resolve_run_config
 
     _set_threads(threads)
 
@@ -496,6 +496,10 @@ def run_cmd(
         if meta.get("kind") != "train":
             raise UserError(f"--resume: '{resume}' is not a training run (kind '{meta.get('kind')}')")
         cfg, run_dir = meta["config"], resume
+        if meta.get("status") != "finished" and cfg.get("streams", 1) != RNG_STREAMS:
+            raise UserError(f"--resume: '{resume}' was made with the trainer's random streams version "
+                            f"{cfg.get('streams', 1)} and this alignbench draws version {RNG_STREAMS}; it cannot "
+                            "be continued exactly, start a new run")
         if meta.get("status") == "finished":
             console.print(f"{run_dir} is already finished")
             _print_run_summary(cfg, meta["summary"], run_dir)

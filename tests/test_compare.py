@@ -145,3 +145,30 @@ def test_compare_leaves_a_run_claimed_by_another_process_alone(tmp_path):
         r = CliRunner().invoke(app, ["run", "--resume", str(victim)])
     assert r.exit_code == 2 and f"run directory {victim} is in use by another process (pid {os.getpid()}" in \
         r.output.replace("\n", "")
+
+
+def test_runs_made_with_the_old_random_streams_are_neither_matched_nor_resumed(tmp_path):
+    from alignbench.reporting.rundir import new_run_dir, write_run_json
+    from alignbench.training.trainer import RNG_STREAMS, resolve_run_config
+
+    out = tmp_path / "runs"
+    sets = [TINY[i + 1] for i, x in enumerate(TINY) if x == "--set"]
+    cfg = resolve_run_config("flow_grpo", "geneval", "tiny-shapes", 0, overrides=sets, iterations=2)
+    assert cfg["streams"] == RNG_STREAMS == 2
+    old = {k: v for k, v in cfg.items() if k != "streams"}  # as written before the streams were versioned
+    run_dir = new_run_dir(out, "geneval", "tiny-shapes", "flow_grpo", 0)
+    write_run_json(run_dir, "train", old, 0, "interrupted")
+    before = (run_dir / "run.json").read_text()
+
+    r = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert r.exit_code == 2 and "random streams version 1" in r.output and "Traceback" not in r.output
+    assert (run_dir / "run.json").read_text() == before  # the old run is left as it was
+
+    dry = CliRunner().invoke(app, ["compare", "--task", "geneval", "--algos", "flow_grpo", "--seeds", "1",
+                                   "--out", str(out), "--dry-run", *TINY])
+    assert dry.exit_code == 0 and "new" in dry.output and "resume" not in dry.output
+
+    write_run_json(run_dir, "train", cfg, 0, "interrupted")  # the same run with today's streams would resume
+    dry = CliRunner().invoke(app, ["compare", "--task", "geneval", "--algos", "flow_grpo", "--seeds", "1",
+                                   "--out", str(out), "--dry-run", *TINY])
+    assert dry.exit_code == 0 and "resume (interrupted)" in dry.output

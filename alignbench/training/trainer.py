@@ -70,6 +70,13 @@ PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
 
 SECTIONS = ("algo", "protocol", "eval", "model")
 
+#: Version of the trainer's random streams, recorded in every run config as ``streams``. 2 (commit
+#: d0fe57c on): prompts from a stream of their own and SDE noise keyed per (iteration, prompt place, step,
+#: branch path). Runs without the key were made with version 1 (prompts drawn after the plan, one noise
+#: generator per iteration): ``compare`` does not count them as matching a new config, and a run
+#: cannot resume across versions, so that no run or leaderboard mixes the two.
+RNG_STREAMS = 2
+
 
 def algorithm_class(name: str) -> type[Algorithm]:
     """The registered algorithm class for ``name`` (or ``pkg.module:Class``).
@@ -129,7 +136,8 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
     protocol = protocol.model_copy(update={"reward_weights": weights,
                                            "train_steps": protocol.train_steps or spec.train_steps})
     source = str(Path(task).resolve()) if task.endswith((".yaml", ".yml")) else task
-    return {"algorithm": algo, "task": t.name, "task_source": source, "seed": seed, "model": spec.model_dump(),
+    return {"algorithm": algo, "task": t.name, "task_source": source, "seed": seed, "streams": RNG_STREAMS,
+            "model": spec.model_dump(),
             "protocol": protocol.model_dump(), "eval": eval_cfg.model_dump(), "algo": algo_cfg.model_dump(mode="json")}
 
 
@@ -151,6 +159,10 @@ class Trainer:
         accelerator: an ``accelerate.Accelerator`` (default: a CPU one).
         progress: ``progress(event, info)`` with events ``eval`` (stage, done, total),
             ``iteration`` (the metrics row) and ``start`` (first iteration, total).
+
+    Raises:
+        ConfigError: ``config`` was made with other random streams (``streams`` ≠ :data:`RNG_STREAMS`),
+            or its prompts per iteration do not fit the task or the number of processes.
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], backbone, task, accelerator=None,
@@ -158,6 +170,10 @@ class Trainer:
         from accelerate import Accelerator
 
         self.run_dir, self.config, self.backbone, self.task = Path(run_dir), config, backbone, task
+        if config.get("streams", 1) != RNG_STREAMS:
+            raise ConfigError(f"streams: this run was made with the trainer's random streams version "
+                              f"{config.get('streams', 1)} and this alignbench draws version {RNG_STREAMS}, so it "
+                              "cannot continue it exactly; start a new run (finished runs still render)")
         self.acc = accelerator or Accelerator(cpu=backbone.device.type == "cpu")
         self.progress = progress or (lambda *a: None)
         self.protocol = ProtocolConfig.model_validate(config["protocol"])
