@@ -7,10 +7,13 @@ regularisers.
   (``shaping: code``, default: the scale has group mean 1) or A_i·d_i (``shaping: paper``);
   negative advantages are unchanged.
 - **Gated KL.** Uncertainty U_i = winrate(proxy reward) − mean over auxiliary rewards of their
-  winrate, winrate = fraction of the iteration's batch the sample beats (ties count half). Only the
-  ⌈k·K⌉ samples of each group with the largest U get the KL term. k starts at ``gate_init`` = 0.1;
-  with the last 20 batch means of U kept: a new mean above their max gives k ← min(1.1k, 1), below
-  their min k ← 0.9k. ``uncertainty_sign: code`` flips the sign of U (the released code ranks the
+  winrate, winrate = fraction of the iteration's batch (all processes) the sample beats (ties count
+  half). Only the ⌈k·K⌉ samples of each group with the largest U get the KL term. k starts at
+  ``gate_init`` = 0.1; with the last 20 batch statistics of U kept: a new one above their max gives
+  k ← min(1.1k, 1), below their min k ← 0.9k. The statistic is the mean of the batch's
+  non-negative U (the released code's). The spec's and paper's "batch-mean U" is identically 0 when
+  win rates are over the batch (every reward's win rates average 1/2), so k would never move, or
+  move on floating-point rounding alone (which alignbench did before this was found). ``uncertainty_sign: code`` flips the sign of U (the released code ranks the
   other way round). Auxiliary rewards are the task's sub-scores that are not part of the training
   reward (GenEval: accuracy and strict; OCR: exact match). A task without any gates on the proxy
   alone (U = winrate of the proxy), and the run's metrics say so (``gardo_aux = 0``).
@@ -81,6 +84,20 @@ def uncertainty(proxy: torch.Tensor, auxiliary: list[torch.Tensor], sign: Litera
     return -u if sign == "code" else u
 
 
+def batch_uncertainty(u: torch.Tensor) -> float:
+    """The statistic of one batch's U that drives the gate fraction: the mean of its non-negative
+    values (0.0 if none), as in GARDO's released code (its ``RiskCompensator`` gets the U ≥ 0).
+
+    Args:
+        u: float [N] uncertainties of the whole iteration's batch (:func:`uncertainty`).
+
+    The plain mean is no statistic: win rates over the batch average exactly 1/2 for every reward,
+    so mean(U) = 0 for every batch (up to rounding).
+    """
+    pos = u[u >= 0]
+    return float(pos.mean()) if pos.numel() else 0.0
+
+
 class KLGate:
     """GARDO's adaptive gate fraction k (specs/algorithms.md §4 "Gated KL").
 
@@ -93,7 +110,8 @@ class KLGate:
         self.history: deque[float] = deque(maxlen=history)
 
     def update(self, mean_u: float) -> float:
-        """Apply the rule with this batch's mean U, then remember it; returns the new k."""
+        """Apply the rule with this batch's statistic of U (:func:`batch_uncertainty`), then remember
+        it; returns the new k."""
         if self.history:
             if mean_u > max(self.history):
                 self.k = min(1.1 * self.k, 1.0)
@@ -119,7 +137,7 @@ class GARDOConfig(AlgorithmConfig):
     eta: float = Field(0.9, ge=0, description="flow_sde η (Flow-GRPO's FLUX value; GARDO keeps Flow-GRPO's sampler)")
     shaping: Literal["code", "paper"] = Field("code", description="A·d/mean(d) [code, default] or A·d [paper]")
     gate_init: float = Field(0.1, gt=0, le=1, description="paper: initial KL gate fraction k = 0.1")
-    gate_history: int = Field(20, ge=1, description="paper: last 20 batch-mean uncertainties")
+    gate_history: int = Field(20, ge=1, description="paper: last 20 batch statistics of U")
     uncertainty_sign: Literal["paper", "code"] = Field("paper", description="code: the released ranking (sign flipped)")
     reset_kl: float = Field(1e-4, gt=0, description="paper: reset the reference when mean KL > 1e-4 (code 3e-4)")
     reset_steps: int = Field(100, ge=1, description="paper: ... or after 100 optimizer steps (code: 15 iterations)")
@@ -160,14 +178,20 @@ class GARDO(Algorithm):
                              "needs_features is set")
         adv = diversity_shaped_advantages(rewards.total, rewards.group, rewards.features, self.config.shaping)
         aux_keys = [k for k in rewards.scores if not rewards.weights.get(k)]
-        u = uncertainty(rewards.total, [rewards.scores[k] for k in aux_keys], self.config.uncertainty_sign)
+        # win rates over the whole iteration's batch, all processes together (ctx.gather), so that an
+        # N-process run gates the samples a one-process run gates and every process updates k alike
+        gather = self.ctx.gather
+        u_all = uncertainty(gather(rewards.total), [gather(rewards.scores[k]) for k in aux_keys],
+                            self.config.uncertainty_sign)
+        u = u_all[self.ctx.local_slice(rewards.total.shape[0])]
         leaf_gate = self.gate.mask(u, rewards.group)  # k of this iteration, then update it
         k_used = self.gate.k
-        self.gate.update(float(u.mean()))
+        stat = batch_uncertainty(u_all)
+        self.gate.update(stat)
         counts = rollout.incidence.sum(0).clamp_min(1)
         self._edge_gate = (rollout.incidence.t() @ leaf_gate) / counts  # edges of gated leaves
         self._last = {"gardo_gate_k": k_used, "gardo_gated": float(leaf_gate.mean()),
-                      "gardo_uncertainty": float(u.mean()), "gardo_aux": len(aux_keys)}
+                      "gardo_uncertainty": stat, "gardo_aux": len(aux_keys)}
         return adv
 
     def kl_edge_weights(self, rollout: Rollout) -> torch.Tensor | None:

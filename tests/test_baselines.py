@@ -222,6 +222,79 @@ def test_gardo_uncertainty_is_proxy_winrate_minus_auxiliary_winrate():
     torch.testing.assert_close(uncertainty(proxy, []), winrate(proxy))
 
 
+def test_gardo_gates_over_processes_as_one_process_does():
+    """Under ``accelerate launch`` each process holds half the groups; GARDO's win rates are over the
+    whole iteration's batch (``Context.gather``), so each process gates exactly the samples a
+    one-process run gates, and k moves alike. Without the gather (local win rates) the gates differ."""
+    from types import SimpleNamespace
+
+    gen = torch.Generator().manual_seed(5)  # seeds 5, 7, 8, 9 of 0-9 rank a group differently by local win rates
+    n_groups, k_size, iterations = 4, 6, 4
+    L = n_groups * k_size
+    data = [(torch.rand(L, generator=gen), (torch.rand(L, generator=gen) > 0.5).float(), torch.randn(L, 8, generator=gen))
+            for _ in range(iterations)]
+    group = torch.arange(n_groups).repeat_interleave(k_size)
+    cfg = GARDO.Config(gate_init=0.3)
+
+    def gates(algo, idx, groups):
+        out, ks = [], []
+        for it, (proxy, aux, feats) in enumerate(data):
+            r = Rewards(proxy[idx], {"partial": proxy[idx], "accuracy": aux[idx]}, groups,
+                        {"partial": 1.0, "accuracy": 0.0}, feats[idx])
+            algo.advantages(SimpleNamespace(incidence=torch.eye(len(idx))), r, Progress(it, 9))
+            out.append(algo.kl_edge_weights(None).clone())
+            ks.append(algo.gate.k)
+        return out, ks
+
+    one, k_one = gates(GARDO(cfg, ctx()), torch.arange(L), group)
+    assert len(set(k_one)) > 1  # k moves on these batches
+    # process r holds prompt places r, r + 2 (the trainer's split), as local groups 0 and 1
+    idx = [torch.cat([torch.arange(p * k_size, (p + 1) * k_size) for p in (r, r + 2)]) for r in range(2)]
+    local_groups = torch.arange(2).repeat_interleave(k_size)
+
+    def gather(t):  # what accelerate's gather returns: process 0's rows, then process 1's
+        for proxy, aux, _ in data:
+            for full in (proxy, aux):
+                for r in range(2):
+                    if torch.equal(t, full[idx[r]]):
+                        return torch.cat([full[idx[0]], full[idx[1]]])
+        raise AssertionError("unexpected tensor")
+
+    for r in range(2):
+        two, k_two = gates(GARDO(cfg, ctx(process_index=r, num_processes=2, gather=gather)), idx[r], local_groups)
+        assert k_two == k_one
+        for g2, g1 in zip(two, one, strict=True):
+            assert torch.equal(g2, g1[idx[r]])
+    alone = [gates(GARDO(cfg, ctx()), idx[r], local_groups)[0][0] for r in range(2)]
+    assert any(not torch.equal(alone[r], one[0][idx[r]]) for r in range(2))
+
+
+def test_gardo_gate_statistic_is_the_mean_of_the_non_negative_uncertainties():
+    """The batch mean of U is 0 for every batch (win rates average 1/2), so the gate follows the mean
+    of the U ≥ 0 (released code). Hand-computed: proxy [0, 1, 2, 3] against auxiliary [3, 2, 1, 0]
+    gives U = [−1, −1/3, 1/3, 1], statistic 2/3; with auxiliary = proxy, U = 0 and statistic 0."""
+    from types import SimpleNamespace
+
+    from alignbench.algorithms.gardo import batch_uncertainty
+
+    proxy = torch.tensor([0.0, 1.0, 2.0, 3.0])
+    u = uncertainty(proxy, [proxy.flip(0)])
+    torch.testing.assert_close(u, torch.tensor([-1.0, -1 / 3, 1 / 3, 1.0], dtype=torch.float64))
+    assert float(u.mean()) == pytest.approx(0.0, abs=1e-15)
+    assert batch_uncertainty(u) == pytest.approx(2 / 3)
+    assert batch_uncertainty(torch.tensor([-0.5, -0.1])) == 0.0
+    algo = GARDO(GARDO.Config(gate_init=0.1), ctx(group_size=4))
+    g = torch.zeros(4, dtype=torch.long)
+    ks = []
+    for aux in (proxy.flip(0), proxy, proxy.flip(0), proxy.flip(0)):
+        r = Rewards(proxy, {"partial": proxy, "accuracy": aux}, g, {"partial": 1.0, "accuracy": 0.0}, torch.eye(4))
+        algo.advantages(SimpleNamespace(incidence=torch.eye(4)), r, Progress(0, 9))
+        ks.append((algo.metrics(Progress(0, 9))["gardo_uncertainty"], algo.gate.k))
+    # 2/3 first (kept); 0 < min → k × 0.9; 2/3 = max → same; 2/3 again → same
+    assert ks == [(pytest.approx(2 / 3), 0.1), (0.0, pytest.approx(0.09)), (pytest.approx(2 / 3), pytest.approx(0.09)),
+                  (pytest.approx(2 / 3), pytest.approx(0.09))]
+
+
 def test_gardo_reference_reset_rule():
     algo = GARDO(GARDO.Config(reset_kl=1e-4, reset_steps=100), ctx())
     assert not algo.reset_reference({"kl": 5e-5}, 99)

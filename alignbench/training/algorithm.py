@@ -9,7 +9,7 @@ embedded ``tiny-shapes`` backbone) and a class deriving from :class:`Algorithm`,
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
@@ -67,6 +67,12 @@ class Context:
         iterations: N, iterations of the run.
         task: the loaded task (reward keys, feature extractor for diversity-aware methods).
         reward_weights: {sub-score: weight} of the training reward.
+        process_index, num_processes: this process and how many there are under ``accelerate launch``
+            (0 and 1 in a one-process run). Each process holds ``prompts_per_iteration / num_processes``
+            groups of every iteration.
+        gather: concatenates a per-process tensor [n, ...] over the processes, in process order,
+            giving [num_processes · n, ...] (the identity with one process). For statistics over the
+            whole iteration's batch (e.g. GARDO's win rates); every process must call it.
     """
 
     num_steps: int
@@ -75,6 +81,13 @@ class Context:
     iterations: int
     task: Any = None
     reward_weights: dict[str, float] = field(default_factory=dict)
+    process_index: int = 0
+    num_processes: int = 1
+    gather: Callable[[torch.Tensor], torch.Tensor] = field(default=lambda t: t)
+
+    def local_slice(self, n: int) -> slice:
+        """This process's rows in a :attr:`gather` result of per-process tensors of ``n`` rows each."""
+        return slice(self.process_index * n, (self.process_index + 1) * n)
 
 
 @dataclass

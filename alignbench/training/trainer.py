@@ -193,7 +193,9 @@ class Trainer:
         steps = self.protocol.train_steps
         self.weights = dict(self.protocol.reward_weights)
         ctx = Context(num_steps=steps, sigmas=backbone.sigmas(steps).tolist(), group_size=self.protocol.group_size,
-                      iterations=self.protocol.iterations, task=task, reward_weights=self.weights)
+                      iterations=self.protocol.iterations, task=task, reward_weights=self.weights,
+                      process_index=self.acc.process_index, num_processes=self.acc.num_processes,
+                      gather=self._gather)
         self.algo: Algorithm = cls(cls.Config.model_validate(config["algo"]), ctx)
         self.algo.check_plan(self.algo.plan(Progress(0, self.protocol.iterations), np.random.default_rng(0)))
         c = self.algo.config
@@ -303,6 +305,13 @@ class Trainer:
         t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self.acc.device)
         return [float(v) for v in self.acc.reduce(t, reduction=reduction).cpu()]
 
+    def _gather(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` [n, ...] of every process concatenated in process order, on the CPU; ``t`` itself with
+        one process."""
+        if self.acc.num_processes == 1:
+            return t
+        return self.acc.gather(t.to(self.acc.device)).cpu().to(t.dtype)
+
     def _check(self, iteration: int, name: str, value: torch.Tensor | float) -> None:
         t = torch.as_tensor(value)
         if not bool(torch.isfinite(t).all()):
@@ -385,7 +394,9 @@ class Trainer:
         reference_reset = False
         if self.reference_state is not None:
             self.steps_since_reset += c.inner_updates
-            if self.algo.reset_reference({"kl": float(np.mean([s["kl"] for s in upd]))}, self.steps_since_reset):
+            # one decision for all processes: the KL averaged over them, so their references stay equal
+            mean_kl = self._over_processes([float(np.mean([s["kl"] for s in upd]))], "mean")[0]
+            if self.algo.reset_reference({"kl": mean_kl}, self.steps_since_reset):
                 self.reference_state, self.steps_since_reset, reference_reset = bb.lora_state(), 0, True
 
         from ..metrics.diversity import lgmd
