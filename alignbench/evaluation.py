@@ -61,7 +61,8 @@ class EvalResult:
 
 
 def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
-             progress: Callable[[str, int, int], None] | None = None) -> EvalResult:
+             progress: Callable[[str, int, int], None] | None = None, process_index: int = 0,
+             num_processes: int = 1, gather_object: Callable[[list], list] | None = None) -> EvalResult:
     """Run the protocol for ``backbone`` on ``task`` (in the backbone model's domain).
 
     Args:
@@ -69,7 +70,12 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
             LoRA adapter attached, the adapted policy).
         task: a loaded :class:`~alignbench.task.Task`.
         cfg: protocol settings; ``cfg.steps`` overrides ``eval_steps``.
-        progress: called as ``progress(stage, done, total)``.
+        progress: called as ``progress(stage, done, total)`` (this process's images).
+        process_index, num_processes, gather_object: under ``accelerate launch``, process r samples
+            and scores the prompts p with p mod N = r, and ``gather_object`` (accelerate's: a list
+            per process → the lists of all processes concatenated) brings every image, latent and
+            row to every process. Each image keeps its noise seed, so the result equals a
+            one-process evaluation.
     """
     progress = progress or (lambda *a: None)
     domain = getattr(backbone, "domain", "shapes")
@@ -79,8 +85,10 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
     k, steps = cfg.images_per_prompt, cfg.steps or eval_steps
     reward = task.reward(domain)
     t0 = time.perf_counter()
-    seeds = [noise_seed(cfg.seed, p, j) for p in range(len(records)) for j in range(k)]
-    prompts = [r["prompt"] for r in records for _ in range(k)]
+    # (prompt, image) pairs of this process, in row order
+    pairs = [(p, j) for p in range(process_index, len(records), num_processes) for j in range(k)]
+    seeds = [noise_seed(cfg.seed, p, j) for p, j in pairs]
+    prompts = [records[p]["prompt"] for p, _ in pairs]
     latents, images = [], []
     for start in range(0, len(seeds), cfg.batch_size):
         sl = slice(start, start + cfg.batch_size)
@@ -90,18 +98,27 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
         img = backbone.decode(lat)
         images.append((img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy())
         progress("sample", min(start + cfg.batch_size, len(seeds)), len(seeds))
-    latents_t = torch.cat(latents)
-    images_np = np.concatenate(images)
+    latents_t = torch.cat(latents) if latents else torch.zeros(0)
+    images_np = np.concatenate(images) if images else np.zeros((0,), np.uint8)
     t_sample = time.perf_counter() - t0
     rows: list[dict] = []
     for start in range(0, len(seeds), 64):
         idx = range(start, min(start + 64, len(seeds)))
-        metas = [records[i // k] for i in idx]
+        metas = [records[pairs[i][0]] for i in idx]
         details = reward.details(list(images_np[idx.start:idx.stop]), [m["prompt"] for m in metas], metas)
         for i, meta, det in zip(idx, metas, details, strict=True):
-            rows.append({"prompt_index": i // k, "image_index": i % k, "seed": seeds[i], "tag": meta.get("tag", ""),
-                         "prompt": meta["prompt"], **det})
+            rows.append({"prompt_index": pairs[i][0], "image_index": pairs[i][1], "seed": seeds[i],
+                         "tag": meta.get("tag", ""), "prompt": meta["prompt"], **det})
         progress("score", idx.stop, len(seeds))
+    if num_processes > 1:
+        if gather_object is None:
+            raise ValueError("evaluate: num_processes > 1 needs gather_object")
+        parts = gather_object([(rows, images_np, latents_t)])
+        rows = [r for part in parts for r in part[0]]
+        order = sorted(range(len(rows)), key=lambda i: (rows[i]["prompt_index"], rows[i]["image_index"]))
+        rows = [rows[i] for i in order]
+        images_np = np.concatenate([part[1] for part in parts if len(part[1])])[order]
+        latents_t = torch.cat([part[2] for part in parts if len(part[2])])[order]
     per_prompt_lgmd = [lgmd(latents_t[p * k:(p + 1) * k]) for p in range(len(records))]
     from .metrics.diversity import cosine_diversity, vendi_score
     from .metrics.features import feature_extractor

@@ -81,6 +81,10 @@ def _run_dir(root: Path) -> Path:
     return d
 
 
+def _jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
 def _metrics(run_dir: Path) -> list[dict]:
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in VOLATILE} for r in rows]
@@ -166,6 +170,15 @@ def test_two_processes_train_one_run_with_the_counts_of_one(tmp_path):
     # (same starting weights) sees the same images, rewards and advantages as the one-process run
     for k in ("reward_mean", "reward_std", "adv_min", "adv_max", "loss"):
         assert rows2[0][k] == pytest.approx(rows1[0][k], rel=1e-5, abs=1e-7), k
+    # the evaluation is split by prompt over the processes and gathered: the base model's images,
+    # scores and diversity equal the one-process evaluation's, row by row
+    base2, base1 = (json.loads((d / "eval_base.json").read_text()) for d in (runs[0].parent, _run_dir(tmp_path / "one")))
+    assert base2["metrics"] == base1["metrics"] and base2["n_images"] == base1["n_images"] == 6
+    for k in ("lgmd", "cosine_diversity", "vendi"):
+        assert base2[k] == pytest.approx(base1[k], rel=1e-5), k
+    erows2, erows1 = (_jsonl(d / "eval_base.jsonl") for d in (runs[0].parent, _run_dir(tmp_path / "one")))
+    assert [(r["prompt_index"], r["image_index"], r["seed"]) for r in erows2] == \
+        [(r["prompt_index"], r["image_index"], r["seed"]) for r in erows1]
     odd = _torchrun([*args[:-1], "protocol.prompts_per_iteration=3", "--out", str(tmp_path / "odd")], tmp_path)
     assert odd.returncode != 0 and "error: protocol.prompts_per_iteration: 3 prompts cannot be split evenly over 2 " \
         "processes" in odd.stderr.replace("\n", "")

@@ -284,8 +284,12 @@ class Trainer:
 
             return json.loads(path.read_text())
         t0 = time.perf_counter()
+        from accelerate.utils import gather_object
+
         result = evaluate(self.backbone, self.task, self.eval_cfg, self.config["model"]["eval_steps"],
-                          progress=lambda stage, done, total: self.progress("eval", (f"{prefix} {stage}", done, total)))
+                          progress=lambda stage, done, total: self.progress("eval", (f"{prefix} {stage}", done, total)),
+                          process_index=self.acc.process_index, num_processes=self.acc.num_processes,
+                          gather_object=gather_object)
         result.summary["seconds"]["total"] = time.perf_counter() - t0
         if cost is not None:
             result.summary["cost"] = dict(cost)
