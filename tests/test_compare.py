@@ -147,6 +147,25 @@ def test_compare_leaves_a_run_claimed_by_another_process_alone(tmp_path):
         r.output.replace("\n", "")
 
 
+def test_runs_made_on_other_weights_are_not_matched(tmp_path):
+    """The model's weights revision is part of the run config: after the shipped weights change
+    (a new ``revision`` label), ``compare`` starts new runs instead of resuming old ones."""
+    from alignbench.reporting.rundir import new_run_dir, write_run_json
+    from alignbench.training.trainer import resolve_run_config
+
+    out = tmp_path / "runs"
+    sets = [TINY[i + 1] for i, x in enumerate(TINY) if x == "--set"]
+    cfg = resolve_run_config("flow_grpo", "geneval", "tiny-shapes", 0, overrides=sets, iterations=2)
+    assert cfg["model"]["revision"] == "stage1"
+    other = {**cfg, "model": {**cfg["model"], "revision": "stage0"}}
+    write_run_json(new_run_dir(out, "geneval", "tiny-shapes", "flow_grpo", 0), "train", other, 0, "interrupted")
+    args = ["compare", "--task", "geneval", "--algos", "flow_grpo", "--seeds", "1", "--out", str(out), "--dry-run", *TINY]
+    dry = CliRunner().invoke(app, args)
+    assert dry.exit_code == 0 and "new" in dry.output and "resume" not in dry.output
+    dry = CliRunner().invoke(app, [*args, "--set", "model.revision=stage0"])
+    assert dry.exit_code == 0 and "resume (interrupted)" in dry.output
+
+
 def test_runs_made_with_the_old_random_streams_are_neither_matched_nor_resumed(tmp_path):
     from alignbench.reporting.rundir import new_run_dir, write_run_json
     from alignbench.training.trainer import RNG_STREAMS, resolve_run_config

@@ -153,9 +153,24 @@ def test_flux_dev_spec_loads_a_local_directory_and_names_the_repo_when_the_hub_i
     bb = spec.load()
     assert bb.domain == "natural" and bb.transformer.config.num_layers == 1
     assert bb.transformer.config.guidance_embeds is False and bb.latent_shape == (64, 16)
+    assert get_model("flux-dev", source=str(tmp_path / "flux"), revision="label", height=64, width=64,
+                     dtype="float32", max_sequence_length=20).load().latent_shape == (64, 16)  # a label locally
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="black-forest-labs/FLUX.1-dev.*Hugging Face Hub"):
         get_model("flux-dev").load()
+    # a Hub repo id gets the revision pinned
+    import diffusers
+
+    seen = {}
+
+    def fake_from_pretrained(src, **kw):
+        seen.update(src=src, **kw)
+        raise OSError("offline")
+
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", fake_from_pretrained)
+    with pytest.raises(UserError, match="black-forest-labs/FLUX.1-dev"):
+        get_model("flux-dev", revision="abc123").load()
+    assert seen["src"] == "black-forest-labs/FLUX.1-dev" and seen["revision"] == "abc123"
 
 
 def test_model_spec_rejects_bad_fields_with_the_field_name():

@@ -39,6 +39,10 @@ class ModelSpec(StrictModel):
                                   "and step otherwise); used by rollouts and evaluation alike")
     train_steps: int = Field(ge=1, description="sampling steps of training rollouts")
     eval_steps: int = Field(ge=1, description="ODE steps of the evaluation protocol")
+    revision: str | None = Field(None, description="weights revision: for a Hub repo id the git revision "
+                                 "(branch, tag or commit) passed to from_pretrained; for shipped or local "
+                                 "weights a label. Part of every run config, so that compare never matches "
+                                 "runs made on other weights")
 
     def resolved_source(self) -> str:
         """The directory or repo id ``FluxPipeline.from_pretrained`` receives."""
@@ -62,7 +66,8 @@ class ModelSpec(StrictModel):
         src = self.resolved_source()
         local = Path(src).is_dir()
         try:
-            pipe = FluxPipeline.from_pretrained(src, dtype=getattr(torch, self.dtype))
+            hub = {} if local or self.revision is None else {"revision": self.revision}
+            pipe = FluxPipeline.from_pretrained(src, dtype=getattr(torch, self.dtype), **hub)
         except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line naming the source
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             if local:
@@ -90,7 +95,7 @@ models.register("tiny-shapes", ModelSpec(
     name="tiny-shapes", domain="shapes", source="package:weights/tiny-shapes", height=64, width=64,
     description="embedded tiny FLUX (FluxTransformer2DModel + AutoencoderKL + CLIP/T5 text encoders) "
                 "pretrained on ShapesWorld; runs on a CPU",
-    max_sequence_length=20, guidance_scale=1.0, train_steps=10, eval_steps=20))
+    max_sequence_length=20, guidance_scale=1.0, train_steps=10, eval_steps=20, revision="stage1"))
 models.register("flux-dev", ModelSpec(
     name="flux-dev", domain="natural", source="black-forest-labs/FLUX.1-dev", height=512, width=512,
     dtype="bfloat16", description="FLUX.1-dev (Black Forest Labs, 12B) from the Hugging Face Hub; needs a GPU",
