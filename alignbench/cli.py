@@ -350,14 +350,27 @@ def pretrain_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a field, e.g. --set batch=32 or --set model.num_layers=3")] = None,
     export: Annotated[Path | None, typer.Option(help="do not train: write the checkpoint in --out as a save_pretrained pipeline in this directory")] = None,
     max_minutes: Annotated[float | None, typer.Option(min=0, help="stop cleanly with a checkpoint after this many minutes of this invocation; run again to resume")] = None,
+    plot: Annotated[Path | None, typer.Option(help="do not train: draw the dev-probe learning curves of --out (and of every --with) into this PNG (+ SVG)")] = None,
+    with_: Annotated[list[Path] | None, typer.Option("--with", help="with --plot: another pretraining directory to draw beside --out (repeatable)")] = None,
 ) -> None:
-    """Pretrain the embedded backbone on ShapesWorld: VAE, then transformer + text encoders."""
+    """Pretrain the embedded backbone on ShapesWorld: VAE, then transformer + text encoders.
+
+    With --set probe.every=N the dev probe (train-split prompts, EMA weights) is scored every N
+    images seen and appended to probe.jsonl; --plot draws those learning curves."""
     import time
 
     import torch
 
     from .config import resolve
     from .models.pretrain import PretrainConfig, Pretrainer
+
+    if plot is not None:
+        from .models.probe import plot_curves
+
+        dirs = [out, *(with_ or [])]
+        tags = plot_curves(dirs, plot)
+        console.print(f"wrote {plot} ({len(dirs)} runs; panels: {', '.join(tags)})")
+        return
 
     cli = [f"{k}={v}" for k, v in {"seed": seed, "vae_steps": vae_steps, "steps": steps}.items() if v is not None]
     cfg = resolve(PretrainConfig, config_file=config, overrides=cli + (set_ or []))
@@ -373,6 +386,13 @@ def pretrain_cmd(
         tasks: dict[str, int] = {}
 
         def report(phase: str, step: int, total: int, row: dict) -> None:
+            if phase == "probe":
+                pr = row["probe"]
+                parts = [f"{t} {v['accuracy']:.2f}" for t, v in pr.items() if isinstance(v, dict) and "accuracy" in v]
+                if "ocr" in pr:
+                    parts.append(f"ocr {pr['ocr']['ocr']:.2f}")
+                bar.console.print(f"probe at {step * cfg.batch:,} images: " + ", ".join(parts))
+                return
             label = {"vae": "VAE", "encode": "encode pool", "flow": "transformer"}[phase]
             if phase not in tasks:
                 tasks[phase] = bar.add_task(label, total=total, completed=step)

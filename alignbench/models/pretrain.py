@@ -31,9 +31,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from typing import Literal
+
 import numpy as np
 import torch
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from ..config import StrictModel
 from ..errors import UserError
@@ -52,10 +54,14 @@ from ..world.prompts import (
     two_object_sample,
 )
 from ..world.sample import scene_for_record
-from ..world.scene import WorldConfig, render
+from ..world.scene import LABEL_CHANNELS, WorldConfig, render, render_with_labels
+from .probe import DevProbe, ProbeConfig
 from .tiny import TinyFluxConfig, build_tiny_pipeline, count_parameters
 
 PHASE_VAE, PHASE_FLOW = 0, 1
+COMPONENTS = ("vae", "text_encoder", "text_encoder_2", "transformer")
+#: Caption kinds of the GenEval share, in the sampler's order.
+CAPTION_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 
 
 class PretrainConfig(StrictModel):
@@ -83,18 +89,65 @@ class PretrainConfig(StrictModel):
                                    "unconditional velocity used by classifier-free guidance (Ho & Salimans 2022)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the transformer/text-encoder weights in the "
                              "flow phase (0 = off); when on, the exported pipeline holds the EMA weights")
+    init_components: tuple[str, ...] = Field(COMPONENTS, description="components copied from init_from (e.g. "
+                                             "[vae] to train a new transformer on a shipped VAE)")
+    init: Literal["default", "adaln_zero"] = Field("default", description="transformer initialisation: diffusers' "
+                                                   "default, or adaLN-Zero (DiT, Peebles & Xie 2023, §3.2: every "
+                                                   "modulation/gate linear and proj_out zeroed, so each block starts "
+                                                   "as the identity)")
+    schedule: Literal["cosine", "wsd"] = Field("cosine", description="flow-phase lr schedule: cosine to 10% over "
+                                               "`steps`, or warm-up–stable–decay (constant after the warm-up, "
+                                               "linear decay to 0 over the last decay_fraction of `steps`; a wsd run "
+                                               "may be resumed with more steps while it is still in its stable part)")
+    decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of `steps` spent decaying")
+    adam_beta2: float = Field(0.999, gt=0, lt=1, description="AdamW β2 of the flow phase")
+    tag_weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(CAPTION_TAGS, 1.0),
+                                          description="relative frequency of each GenEval tag among the GenEval "
+                                          "captions (single_object draws the train split's single-object prompts)")
+    world: WorldConfig = Field(default_factory=WorldConfig, description="renderer settings of the pretraining "
+                               "scenes (e.g. larger objects); evaluation always uses the world's defaults")
+    align_weight: float = Field(0.0, ge=0, description="λ of the label-alignment loss (0 = off): a linear head on the "
+                                "image tokens after block align_block predicts the renderer's exact per-cell labels "
+                                "(class, colour, sign panel and ink coverage of each 2×2 latent cell), binary cross-"
+                                "entropy; the head is dropped at export (a REPA-like representation loss, Yu et al. "
+                                "2024, with the renderer's labels in place of a pretrained encoder)")
+    align_block: int = Field(2, ge=0, description="block whose image-token output the label head reads (double-"
+                             "stream blocks first, then single-stream, counted from 0)")
+    align_steps: int | None = Field(None, ge=0, description="flow steps with the label-alignment loss (None = all)")
+    probe: ProbeConfig = Field(default_factory=ProbeConfig, description="the dev probe (train-split prompts, EMA "
+                               "weights) logged to probe.jsonl every probe.every images")
+
+    @field_validator("tag_weights")
+    @classmethod
+    def _check_tags(cls, v: dict[str, float]) -> dict[str, float]:
+        bad = [k for k in v if k not in CAPTION_TAGS]
+        if bad:
+            raise ValueError(f"unknown tag {bad[0]!r}; allowed: {', '.join(CAPTION_TAGS)}")
+        if any(w < 0 for w in v.values()) or not any(w > 0 for w in v.values()):
+            raise ValueError("weights must be >= 0 and at least one > 0")
+        return v
+
+    @field_validator("init_components")
+    @classmethod
+    def _check_components(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        bad = [k for k in v if k not in COMPONENTS]
+        if bad:
+            raise ValueError(f"unknown component {bad[0]!r}; allowed: {', '.join(COMPONENTS)}")
+        return tuple(v)
 
 
 # ---------------------------------------------------------------------------------------- captions
 
-_GENEVAL_MAKERS = (two_object_sample, counting_sample, color_sample, position_sample, color_attr_sample)
+_GENEVAL_MAKERS = (two_object_sample, counting_sample, color_sample, position_sample, color_attr_sample)  # CAPTION_TAGS[1:]
 
 
 class CaptionSampler:
     """Draws training (format, metadata) pairs from the task generators, test prompts held out."""
 
-    def __init__(self, ocr_fraction: float):
+    def __init__(self, ocr_fraction: float, tag_weights: dict[str, float] | None = None):
         self.ocr_fraction = ocr_fraction
+        w = np.array([(tag_weights or {}).get(t, 1.0) for t in CAPTION_TAGS], dtype=np.float64)
+        self.tag_p = None if np.all(w == w[0]) else w / w.sum()  # None: the original uniform draw
         _, test = geneval_splits()
         self.held_out = {r["prompt"] for r in test}
         self.single = [r for r in single_object_samples(np.random.default_rng(0)) if r["prompt"] not in self.held_out]
@@ -108,32 +161,85 @@ class CaptionSampler:
                 if text not in self.held_out_text:
                     return "ocr", ocr_record(text, int(rng.integers(len(OCR_TEMPLATES))))
         while True:
-            k = int(rng.integers(len(_GENEVAL_MAKERS) + 1))
+            k = (int(rng.integers(len(_GENEVAL_MAKERS) + 1)) if self.tag_p is None
+                 else int(rng.choice(len(CAPTION_TAGS), p=self.tag_p)))
             rec = self.single[int(rng.integers(len(self.single)))] if k == 0 else _GENEVAL_MAKERS[k - 1](rng)
             if rec["prompt"] not in self.held_out:
                 return "geneval", rec
 
 
 def render_batch(sampler: CaptionSampler, rng: np.random.Generator, n: int,
-                 world: WorldConfig) -> tuple[list[str], torch.Tensor]:
-    """``n`` (prompt, image) pairs; images float [n, 3, H, W] in [-1, 1]."""
-    prompts, images = [], []
+                 world: WorldConfig, labels: bool = False):
+    """``n`` (prompt, image) pairs; images float [n, 3, H, W] in [-1, 1]. With ``labels``, also the
+    renderer's per-cell labels, float [n, len(LABEL_CHANNELS), H/4, W/4] in [0, 1] (same images:
+    the label maps come from the same draw)."""
+    prompts, images, maps = [], [], []
     for _ in range(n):
         fmt, rec = sampler(rng)
         prompts.append(rec["prompt"])
-        images.append(render(scene_for_record(rec, fmt, rng, world), world))
+        scene = scene_for_record(rec, fmt, rng, world)
+        if labels:
+            img, lab = render_with_labels(scene, world, grid=world.image_size // 4)
+            maps.append(lab)
+        else:
+            img = render(scene, world)
+        images.append(img)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    if labels:
+        return prompts, x, torch.from_numpy(np.stack(maps))
     return prompts, x
 
 
 # ---------------------------------------------------------------------------------------- schedule
 
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    """Linear warm-up to ``peak`` then cosine decay to 10% of it (step counts from 0)."""
+def lr_at(step: int, total: int, peak: float, warmup: int, schedule: str = "cosine",
+          decay_fraction: float = 0.2) -> float:
+    """Learning rate at ``step`` (counted from 0) of ``total``: linear warm-up to ``peak``, then
+
+    * ``cosine``: cosine decay to 10% of ``peak`` at ``total``;
+    * ``wsd`` (warm-up–stable–decay; Hu et al. 2024, MiniCPM §4): ``peak`` until
+      ``total·(1 − decay_fraction)``, then linear decay to 0 at ``total``. Runs of different lengths
+      share their stable part, so their learning curves compare.
+
+    Raises:
+        ValueError: unknown ``schedule``.
+    """
     if step < warmup:
         return peak * (step + 1) / warmup
+    if schedule == "wsd":
+        start = total * (1 - decay_fraction)
+        return peak if step < start else peak * max(0.0, (total - step) / max(1e-9, total - start))
+    if schedule != "cosine":
+        raise ValueError(f"unknown schedule '{schedule}'; allowed: cosine, wsd")
     frac = (step - warmup) / max(1, total - warmup)
     return peak * (0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, frac))))
+
+
+def zero_init_adaln(transformer: torch.nn.Module) -> int:
+    """adaLN-Zero (Peebles & Xie 2023, DiT §3.2): zero the weights and biases of every adaptive-norm
+    modulation linear (shift, scale and gate of each double- and single-stream block and of
+    ``norm_out``) and of ``proj_out``, so that every block starts as the identity and the model
+    predicts v = 0. Returns the number of parameters zeroed."""
+    from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle
+
+    linears = [m.linear for m in transformer.modules()
+               if isinstance(m, AdaLayerNormZero | AdaLayerNormZeroSingle | AdaLayerNormContinuous)]
+    linears.append(transformer.proj_out)
+    n = 0
+    with torch.no_grad():
+        for lin in linears:
+            for p in lin.parameters():
+                p.zero_()
+                n += p.numel()
+    return n
+
+
+def pack_labels(labels: torch.Tensor) -> torch.Tensor:
+    """Label maps [N, L, h, w] → per-token targets [N, (h/2)(w/2), 4L], packed exactly as FLUX packs
+    latents (``FluxPipeline._pack_latents``: 2×2 cells per token, channel-major)."""
+    n, c, h, w = labels.shape
+    x = labels.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(n, (h // 2) * (w // 2), c * 4)
 
 
 def _gen(seed: int, phase: int, step: int) -> tuple[np.random.Generator, torch.Generator]:
@@ -171,15 +277,24 @@ class Pretrainer:
         self.stop_requested = False
         self.device = torch.device(device)
         self.progress = progress or (lambda *a: None)
-        self.world = WorldConfig(image_size=cfg.model.image_size)
-        self.sampler = CaptionSampler(cfg.ocr_fraction)
+        self.world = cfg.world.model_copy(update={"image_size": cfg.model.image_size})
+        self.sampler = CaptionSampler(cfg.ocr_fraction, cfg.tag_weights)
         self.pipe = build_tiny_pipeline(cfg.model, seed=cfg.seed)
+        if cfg.init == "adaln_zero":
+            zero_init_adaln(self.pipe.transformer)
         if cfg.init_from:
             self._init_from(Path(cfg.init_from))
+        self.labels: torch.Tensor | None = None
+        self.align_head: torch.nn.Linear | None = None
+        self._hidden: dict[str, torch.Tensor] = {}
+        if cfg.align_weight > 0:
+            self._attach_align_head()
+        self.probe = DevProbe(cfg.probe, cfg.model.image_size, cfg.model.image_size, cfg.model.max_text_length) \
+            if cfg.probe.every else None
         self.pipe.to(self.device)
         self.phase, self.step = PHASE_VAE, 0
         self.opt: torch.optim.Optimizer | None = None
-        self.timing = {"vae_seconds": 0.0, "flow_seconds": 0.0, "encode_seconds": 0.0}
+        self.timing = {"vae_seconds": 0.0, "flow_seconds": 0.0, "encode_seconds": 0.0, "probe_seconds": 0.0}
         self.latents: torch.Tensor | None = None
         self.prompts: list[str] | None = None
         self.ema: dict[str, dict[str, torch.Tensor]] | None = None
@@ -211,8 +326,30 @@ class Pretrainer:
             for n in self._FLOW_MODELS:
                 getattr(self.pipe, n).load_state_dict(self.ema[n], strict=False)
 
+    def _attach_align_head(self) -> None:
+        """The label-alignment head (a linear map from the chosen block's image tokens to 4 cells ×
+        the label channels) and a forward hook that keeps that block's image-token output while
+        gradients are on (training); the head is not part of the pipeline and is never exported."""
+        tr = self.pipe.transformer
+        blocks = [*tr.transformer_blocks, *tr.single_transformer_blocks]
+        if self.cfg.align_block >= len(blocks):
+            raise UserError(f"align_block: {self.cfg.align_block} is out of range; allowed: 0–{len(blocks) - 1}")
+        dim = tr.config.num_attention_heads * tr.config.attention_head_dim
+        g = torch.Generator().manual_seed(self.cfg.seed + 7)
+        self.align_head = torch.nn.Linear(dim, 4 * len(LABEL_CHANNELS))
+        with torch.no_grad():
+            self.align_head.weight.copy_(torch.randn(self.align_head.weight.shape, generator=g) * dim ** -0.5)
+            self.align_head.bias.zero_()
+        store = self._hidden
+
+        def keep(module, args, output):  # a closure, not a method: deep copies of the model stay light
+            if torch.is_grad_enabled():
+                store["h"] = output[1]
+
+        blocks[self.cfg.align_block].register_forward_hook(keep)
+
     def _init_from(self, path: Path) -> None:
-        """Copy every component's weights (and the VAE's shift/scaling) from a saved pipeline.
+        """Copy the weights of ``init_components`` (and, with the VAE, its shift/scaling) from a saved pipeline.
 
         Raises:
             UserError: the directory is not a pipeline with the configured component shapes.
@@ -226,7 +363,7 @@ class Pretrainer:
             raise UserError(f"init_from: cannot start from '{path}': no model_index.json there (not a saved pipeline)")
         try:
             src = FluxPipeline.from_pretrained(str(path))
-            for n in ("vae", "text_encoder", "text_encoder_2", "transformer"):
+            for n in self.cfg.init_components:
                 getattr(self.pipe, n).load_state_dict(getattr(src, n).state_dict())
         except (OSError, ValueError, RuntimeError) as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -245,11 +382,15 @@ class Pretrainer:
         p = self.pipe
         if self.phase == PHASE_VAE:
             return list(p.vae.parameters())
-        return [*p.transformer.parameters(), *p.text_encoder.parameters(), *p.text_encoder_2.parameters()]
+        head = list(self.align_head.parameters()) if self.align_head is not None else []
+        return [*p.transformer.parameters(), *p.text_encoder.parameters(), *p.text_encoder_2.parameters(), *head]
 
     def _make_optimizer(self) -> None:
-        lr = self.cfg.vae_lr if self.phase == PHASE_VAE else self.cfg.lr
-        self.opt = torch.optim.AdamW(self._trainable(), lr=lr, weight_decay=self.cfg.weight_decay)
+        if self.phase == PHASE_VAE:
+            self.opt = torch.optim.AdamW(self._trainable(), lr=self.cfg.vae_lr, weight_decay=self.cfg.weight_decay)
+        else:
+            self.opt = torch.optim.AdamW(self._trainable(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay,
+                                         betas=(0.9, self.cfg.adam_beta2))
 
     def save_checkpoint(self) -> None:
         """Atomically write weights, optimizer, EMA, phase, step and timing to :attr:`ckpt_path`."""
@@ -260,7 +401,8 @@ class Pretrainer:
                                                                     "transformer")},
                  "vae_factors": (p.vae.config.shift_factor, p.vae.config.scaling_factor),
                  "optimizer": self.opt.state_dict() if self.opt else None,
-                 "ema": self.ema}
+                 "ema": self.ema,
+                 "align_head": self.align_head.state_dict() if self.align_head is not None else None}
         import io
         buf = io.BytesIO()
         torch.save(state, buf)
@@ -280,9 +422,17 @@ class Pretrainer:
         defaults = PretrainConfig().model_dump(mode="json")
         # fields added after the checkpoint was written match when they hold their default
         saved = {**{k: defaults[k] for k in current if k not in saved}, **saved}
-        if saved != current:
-            raise UserError(f"{self.out}: holds a checkpoint of a different pretraining config; "
-                            "use a new --out or the same settings to resume")
+        # settings that do not change the weights may differ
+        for k in ("probe", "checkpoint_every"):
+            saved[k] = current[k]
+        # a wsd run may be extended (or shortened) while it has not started decaying under either length
+        if (current["schedule"] == saved["schedule"] == "wsd" and state["phase"] == PHASE_FLOW
+                and state["step"] <= min(saved["steps"], current["steps"]) * (1 - current["decay_fraction"])):
+            saved["steps"] = current["steps"]
+        diff = sorted(k for k in current if saved.get(k) != current[k])
+        if diff:
+            raise UserError(f"{self.out}: holds a checkpoint of a different pretraining config (differs in "
+                            f"{', '.join(diff)}); use a new --out or the same settings to resume")
         for n, sd in state["models"].items():
             getattr(self.pipe, n).load_state_dict(sd)
         self.pipe.vae.register_to_config(shift_factor=state["vae_factors"][0], scaling_factor=state["vae_factors"][1])
@@ -291,6 +441,8 @@ class Pretrainer:
         if state["optimizer"] is not None:
             self.opt.load_state_dict(state["optimizer"])
         self.ema = state.get("ema")
+        if self.align_head is not None and state.get("align_head") is not None:
+            self.align_head.load_state_dict(state["align_head"])
         return True
 
     def export(self, dest: str | Path) -> dict:
@@ -390,23 +542,30 @@ class Pretrainer:
             return
         cfg = self.cfg
         cache = self.out / "cache" / "pool.pt"
+        want_labels = cfg.align_weight > 0
         if cache.exists():
-            data = torch.load(cache, weights_only=False)
-            self.latents, self.prompts = data["latents"], data["prompts"]
-            self.pipe.vae.register_to_config(shift_factor=data["shift"], scaling_factor=data["scale"])
-            return
+            data = torch.load(cache, weights_only=True)
+            if not want_labels or data.get("labels") is not None:
+                self.latents, self.prompts = data["latents"], data["prompts"]
+                self.labels = data.get("labels")
+                self.pipe.vae.register_to_config(shift_factor=data["shift"], scaling_factor=data["scale"])
+                return
         t0 = time.perf_counter()
         vae = self.pipe.vae.eval()
-        lat, prompts = [], []
+        lat, prompts, maps = [], [], []
         chunk = 256
         with torch.no_grad():
             for start in range(0, cfg.pool_size, chunk):
                 rng, _ = _gen(cfg.seed, 2, start)
-                p, x = render_batch(self.sampler, rng, min(chunk, cfg.pool_size - start), self.world)
+                out = render_batch(self.sampler, rng, min(chunk, cfg.pool_size - start), self.world, labels=want_labels)
+                p, x = out[0], out[1]
+                if want_labels:
+                    maps.append((out[2] * 255).round().to(torch.uint8))
                 lat.append(vae.encode(x.to(self.device)).latent_dist.mean.cpu())
                 prompts.extend(p)
                 self.progress("encode", min(start + chunk, cfg.pool_size), cfg.pool_size, {})
         latents = torch.cat(lat)
+        self.labels = torch.cat(maps) if want_labels else None
         if cfg.init_from and cfg.vae_steps == 0:  # the VAE is unchanged: keep the scaling the model learnt with
             shift, scale = self._init_vae_factors
         else:
@@ -416,7 +575,8 @@ class Pretrainer:
         self.timing["encode_seconds"] += time.perf_counter() - t0
         import io
         buf = io.BytesIO()
-        torch.save({"latents": self.latents, "prompts": self.prompts, "shift": shift, "scale": scale}, buf)
+        torch.save({"latents": self.latents, "prompts": self.prompts, "shift": shift, "scale": scale,
+                    "labels": self.labels}, buf)
         atomic_write_bytes(cache, buf.getvalue())
 
     def _flow_phase(self) -> None:
@@ -448,20 +608,64 @@ class Pretrainer:
                 guidance=(torch.ones(cfg.batch, device=self.device) if cfg.model.guidance_embeds else None),
                 pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
                 img_ids=img_ids, return_dict=False)[0]
-            loss = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2).mean()
-            lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup)
+            flow_loss = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2).mean()
+            loss, align = flow_loss, None
+            if self.align_head is not None and (cfg.align_steps is None or self.step < cfg.align_steps):
+                logits = self.align_head(self._hidden.pop("h"))
+                labels = pack_labels(self.labels[torch.from_numpy(idx)].float() / 255.0).to(self.device)
+                align = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
+                loss = flow_loss + cfg.align_weight * align
+            lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule, cfg.decay_fraction)
             norm = self._update(loss, lr)
             self._update_ema()
             self.step += 1
             self.timing["flow_seconds"] += time.perf_counter() - t0
-            row = {"phase": "flow", "step": self.step, "loss": loss.item(), "grad_norm": norm, "lr": lr}
+            row = {"phase": "flow", "step": self.step, "loss": flow_loss.item(), "grad_norm": norm, "lr": lr}
+            if align is not None:
+                row["align_loss"] = align.item()
             self.progress("flow", self.step, cfg.steps, row)
             if self.step % 20 == 0 or self.step == cfg.steps:
                 self._log(row)
+            every = cfg.probe.every
+            if self.probe is not None and (self.step * cfg.batch) // every > ((self.step - 1) * cfg.batch) // every:
+                self.run_probe()
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
                 self.save_checkpoint()
             if self.step < cfg.steps:
                 self._check_time()
+
+    def run_probe(self) -> dict:
+        """Score the dev probe with the EMA weights (the current ones without EMA), append the row
+        ``{"images", "step", "summary"}`` to ``probe.jsonl`` and save the first probe images as
+        ``probe/images-<K>k.png``; returns the row."""
+        import copy
+
+        t0 = time.perf_counter()
+        pipe = copy.deepcopy(self.pipe)
+        if self.ema is not None:
+            for n in self._FLOW_MODELS:
+                getattr(pipe, n).load_state_dict(self.ema[n], strict=False)
+        summary, _ = self.probe.run(pipe, self.device)
+        images = self.step * self.cfg.batch
+        row = {"images": images, "step": self.step, "ema": self.ema is not None, "summary": summary}
+        with open(self.out / "probe.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        from PIL import Image
+
+        tiles = self.probe.last_images[:96]
+        cols = 12
+        rows_ = (len(tiles) + cols - 1) // cols
+        size = tiles.shape[1]
+        sheet = np.full((rows_ * (size + 2), cols * (size + 2), 3), 255, np.uint8)
+        for i, t in enumerate(tiles):
+            r, c = divmod(i, cols)
+            sheet[r * (size + 2):r * (size + 2) + size, c * (size + 2):c * (size + 2) + size] = t
+        (self.out / "probe").mkdir(exist_ok=True)
+        Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
+            self.out / "probe" / f"images-{images // 1000:05d}k.png")
+        self.timing["probe_seconds"] += time.perf_counter() - t0
+        self.progress("probe", self.step, self.cfg.steps, {"probe": summary})
+        return row
 
     def _finish(self) -> dict:
         pipe, cfg = self.pipe, self.cfg

@@ -207,6 +207,50 @@ def sign_layers(sign: SignSpec, size: int, supersample: int) -> tuple[np.ndarray
     return down[0], down[1]
 
 
+#: Channels of :func:`render_with_labels`' label maps: object class coverage (one per class), object
+#: colour coverage (one per colour), sign panel and sign ink coverage.
+LABEL_CHANNELS: tuple[str, ...] = (*(f"class:{c}" for c in CLASSES), *(f"color:{c}" for c in COLORS),
+                                   "sign:panel", "sign:ink")
+
+
+def render_with_labels(scene: Scene, config: WorldConfig | None = None,
+                       grid: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """Draw ``scene`` and return the renderer's exact per-cell labels with it.
+
+    Returns:
+        (image, labels): image uint8 [H, W, 3] (identical to :func:`render`); labels float32
+        [len(LABEL_CHANNELS), grid, grid], the coverage in [0, 1] of each channel of
+        :data:`LABEL_CHANNELS` over each of the grid×grid cells (the VAE latent's cells for
+        ``grid`` = H/4). Used by pretraining's label-alignment loss only.
+
+    Raises:
+        ValueError: an object has an unknown class or colour; ``grid`` does not divide H.
+    """
+    cfg = config or WorldConfig()
+    size = cfg.image_size
+    if size % grid:
+        raise ValueError(f"grid ({grid}) must divide image_size ({size})")
+    f = size // grid
+    labels = np.zeros((len(LABEL_CHANNELS), size, size), dtype=np.float64)
+    img = render_background(scene.background, size)
+    n_cls = len(CLASSES)
+    for obj in scene.objects:
+        if obj.color not in PALETTE_RGB:
+            raise ValueError(f"unknown colour '{obj.color}'; allowed: {', '.join(COLORS)}")
+        m = object_mask(obj, size, cfg.supersample)
+        img = img * (1 - m[..., None]) + np.array(PALETTE_RGB[obj.color], dtype=np.float64) * m[..., None]
+        labels[CLASSES.index(obj.cls)] += m
+        labels[n_cls + COLORS.index(obj.color)] += m
+    for sign in scene.signs:
+        pa, ta = sign_layers(sign, size, cfg.supersample)
+        img = img * (1 - pa[..., None]) + np.array(sign.panel_color, dtype=np.float64) * pa[..., None]
+        img = img * (1 - ta[..., None]) + np.array(sign.text_color, dtype=np.float64) * ta[..., None]
+        labels[-2] += pa
+        labels[-1] += ta
+    cells = labels.reshape(len(LABEL_CHANNELS), grid, f, grid, f).mean(axis=(2, 4))
+    return np.clip(np.rint(img), 0, 255).astype(np.uint8), np.clip(cells, 0, 1).astype(np.float32)
+
+
 def render(scene: Scene, config: WorldConfig | None = None) -> np.ndarray:
     """Draw ``scene``.
 

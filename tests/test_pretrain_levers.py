@@ -1,0 +1,179 @@
+"""Pretraining levers of the embedded backbone (issue 17): the dev probe and its learning curves,
+warm-up–stable–decay, adaLN-Zero, the caption mix, the renderer's label maps and the label-alignment
+loss, resuming a wsd run with more steps."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from alignbench.errors import UserError
+from alignbench.models.pretrain import (
+    CAPTION_TAGS,
+    CaptionSampler,
+    PretrainConfig,
+    Pretrainer,
+    lr_at,
+    pack_labels,
+    zero_init_adaln,
+)
+from alignbench.models.probe import ProbeConfig, probe_records, summarize_probe
+from alignbench.models.tiny import TinyFluxConfig, build_tiny_pipeline
+from alignbench.world.palette import CLASSES, COLORS
+from alignbench.world.scene import LABEL_CHANNELS, Background, ObjectSpec, Scene, SignSpec, WorldConfig, render, \
+    render_with_labels
+
+MICRO = TinyFluxConfig(vae_channels=(8, 8, 8), text_dim=16, text_heads=2, num_layers=1, num_single_layers=1,
+                       attention_head_dim=8, num_attention_heads=2, axes_dims_rope=(2, 2, 4))
+TINY = dict(model=MICRO.model_dump(), vae_steps=0, vae_batch=4, steps=4, batch=4, pool_size=16, warmup=2,
+            checkpoint_every=2)
+
+
+def test_wsd_schedule_is_constant_then_decays_linearly_to_zero():
+    assert lr_at(0, 100, 1.0, 10, "wsd") == pytest.approx(0.1)
+    assert lr_at(10, 100, 1.0, 10, "wsd") == 1.0
+    assert lr_at(79, 100, 1.0, 10, "wsd") == 1.0  # decay starts at 100·(1 − 0.2) = 80
+    assert lr_at(90, 100, 1.0, 10, "wsd") == pytest.approx(0.5)
+    assert lr_at(100, 100, 1.0, 10, "wsd") == 0.0
+    # the stable part does not depend on the run's length: curves of runs of different lengths compare
+    assert [lr_at(k, 1000, 1.0, 10, "wsd") for k in range(70)] == [lr_at(k, 100, 1.0, 10, "wsd") for k in range(70)]
+    with pytest.raises(ValueError, match="allowed: cosine, wsd"):
+        lr_at(20, 100, 1.0, 10, "linear")
+
+
+def test_adaln_zero_makes_every_block_the_identity_and_the_velocity_zero():
+    pipe = build_tiny_pipeline(MICRO, seed=0)
+    n = zero_init_adaln(pipe.transformer)
+    assert n > 0
+    tr = pipe.transformer
+    x = torch.randn(2, 64, 16)
+    ids = pipe._prepare_latent_image_ids(2, 8, 8, "cpu", torch.float32)
+    pe, pooled, tid = pipe.encode_prompt(["a photo of a ring"] * 2, None, max_sequence_length=20)
+    seen = {}
+    tr.transformer_blocks[0].register_forward_hook(lambda m, a, o: seen.update(out=o[1]))
+    tr.transformer_blocks[0].register_forward_pre_hook(lambda m, a, kw: seen.update(inp=kw["hidden_states"]),
+                                                       with_kwargs=True)
+    v = tr(hidden_states=x, timestep=torch.full((2,), 0.5), pooled_projections=pooled, encoder_hidden_states=pe,
+           txt_ids=tid, img_ids=ids, return_dict=False)[0]
+    assert torch.equal(v, torch.zeros_like(v))
+    torch.testing.assert_close(seen["out"], seen["inp"])  # gates are zero: the block adds nothing
+    # and it still learns: the gradient of the loss reaches the zeroed output projection
+    (v - x).pow(2).mean().backward()
+    assert tr.proj_out.weight.grad.abs().sum() > 0
+
+
+def test_caption_mix_follows_the_tag_weights():
+    uniform = CaptionSampler(0.0)
+    assert uniform.tag_p is None  # equal weights keep the original draw (same stream as before)
+    sampler = CaptionSampler(0.25, {"colors": 3.0, "counting": 0.0})
+    rng = np.random.default_rng(0)
+    draws = [sampler(rng) for _ in range(4000)]
+    ocr = sum(fmt == "ocr" for fmt, _ in draws) / len(draws)
+    tags = [rec["tag"] for fmt, rec in draws if fmt == "geneval"]
+    assert abs(ocr - 0.25) < 0.03
+    share = {t: tags.count(t) / len(tags) for t in CAPTION_TAGS}
+    assert share["counting"] == 0.0
+    assert abs(share["colors"] - 3 / 7) < 0.03 and abs(share["position"] - 1 / 7) < 0.03
+    with pytest.raises(ValueError, match="allowed: single_object"):
+        PretrainConfig(tag_weights={"sign": 1.0})
+
+
+def test_label_maps_are_the_exact_coverage_of_each_object_and_sign():
+    cfg = WorldConfig()
+    scene = Scene(Background("flat", (128, 128, 128)),
+                  [ObjectSpec("square", "red", 8.0, 8.0, 16.0), ObjectSpec("circle", "blue", 44.0, 44.0, 16.0)])
+    img, lab = render_with_labels(scene, cfg, grid=16)
+    assert np.array_equal(img, render(scene, cfg))  # the same image as the plain renderer
+    assert lab.shape == (len(LABEL_CHANNELS), 16, 16)
+    sq, red = CLASSES.index("square"), len(CLASSES) + COLORS.index("red")
+    # the square covers pixels 0..15 exactly: cells 0..3 × 0..3 fully, nothing else
+    assert np.allclose(lab[sq, :4, :4], 1.0) and lab[sq].sum() == pytest.approx(16.0)
+    assert np.array_equal(lab[sq], lab[red])
+    circ = CLASSES.index("circle")
+    assert lab[circ].sum() == pytest.approx(np.pi * 8 ** 2 / 16, rel=0.03)  # area / 16 pixels per cell
+    assert lab[-2:].sum() == 0
+    sign = Scene(Background("flat", (0, 0, 0)), [], [SignSpec("AC", 32, 32, 30, 16, (240, 240, 240), (10, 10, 10), 14)])
+    _, lab2 = render_with_labels(sign, cfg, grid=16)
+    assert lab2[-2].sum() == pytest.approx(30 * 16 / 16, rel=0.05) and 0 < lab2[-1].sum() < lab2[-2].sum()
+    assert lab2[:-2].sum() == 0
+
+
+def test_labels_are_packed_like_flux_packs_latents():
+    pipe = build_tiny_pipeline(MICRO, seed=0)
+    maps = torch.randn(3, 4, 16, 16)
+    torch.testing.assert_close(pack_labels(maps), pipe._pack_latents(maps, 3, 4, 16, 16))
+
+
+def test_label_alignment_trains_a_head_that_is_not_exported(tmp_path):
+    cfg = PretrainConfig(**{**TINY, "align_weight": 0.5, "align_block": 1})
+    rows = []
+    trainer = Pretrainer(cfg, tmp_path, progress=lambda phase, step, total, row: rows.append(row))
+    head0 = trainer.align_head.weight.detach().clone()
+    trainer.run()
+    flow = [r for r in rows if "align_loss" in r]
+    assert len(flow) == cfg.steps and all(0 < r["align_loss"] < 2 for r in flow)
+    assert not torch.equal(trainer.align_head.weight, head0)
+    assert trainer.labels is not None and trainer.labels.shape == (16, len(LABEL_CHANNELS), 16, 16)
+    saved = json.loads((tmp_path / "pipeline" / "transformer" / "config.json").read_text())
+    assert saved["num_layers"] == 1  # the pipeline is the plain FluxTransformer2DModel: no head in it
+    with pytest.raises(UserError, match="align_block: 5 is out of range; allowed: 0–1"):
+        Pretrainer(PretrainConfig(**{**TINY, "align_weight": 0.5, "align_block": 5}), tmp_path / "bad")
+
+
+def test_a_wsd_run_can_be_extended_while_stable_but_not_a_cosine_run(tmp_path):
+    base = {**TINY, "schedule": "wsd", "decay_fraction": 0.5, "steps": 8}
+    Pretrainer(PretrainConfig(**base), tmp_path / "w", max_seconds=0).run()  # stops after step 1
+    longer = Pretrainer(PretrainConfig(**{**base, "steps": 20}), tmp_path / "w")
+    assert longer.load_checkpoint() and longer.step == 1
+    Pretrainer(PretrainConfig(**{**TINY, "steps": 8}), tmp_path / "c", max_seconds=0).run()
+    with pytest.raises(UserError, match="differs in steps"):
+        Pretrainer(PretrainConfig(**{**TINY, "steps": 20}), tmp_path / "c").load_checkpoint()
+
+
+def test_probe_uses_train_prompts_only_and_covers_every_class_in_each_colour():
+    from alignbench.task import get_task
+
+    items = probe_records(ProbeConfig(every=1, ocr_prompts=3))
+    test_prompts = {r["prompt"] for t in ("geneval", "ocr") for r in get_task(t).prompts("test")}
+    assert not {it.record["prompt"] for it in items} & test_prompts
+    colors = [it.record for it in items if it.record.get("tag") == "colors"]
+    test_colors = [r for r in get_task("geneval").prompts("test") if r["tag"] == "colors"]
+    assert len(colors) + len(test_colors) == len(CLASSES) * len(COLORS)  # every pair not held out
+    assert {r["include"][0]["class"] for r in colors} == set(CLASSES)
+    n = sum(it.images for it in items if it.fmt == "geneval")
+    assert n >= 150
+    assert sum(it.fmt == "ocr" for it in items) == 3
+
+
+def test_probe_summary_is_the_per_tag_mean_and_the_geneval_mean_over_tags():
+    rows = [{"tag": "colors", "accuracy": 1.0, "partial": 1.0, "class_hit": 1.0, "color_hit": 1.0},
+            {"tag": "colors", "accuracy": 0.0, "partial": 0.5, "class_hit": 1.0, "color_hit": 0.0},
+            {"tag": "position", "accuracy": 0.0, "partial": 0.25},
+            {"tag": "ocr", "ocr": 0.5, "exact": 0.0}]
+    s = summarize_probe(rows)
+    assert s["colors"] == {"accuracy": 0.5, "partial": 0.75, "class_hit": 1.0, "color_hit": 0.5, "n": 2}
+    assert s["geneval"] == {"accuracy": 0.25, "partial": 0.5}  # mean over colors and position, not ocr
+    assert s["ocr"]["ocr"] == 0.5
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_probe_runs_every_n_images_and_the_curves_plot(tmp_path, ema):
+    from alignbench.models.probe import plot_curves, read_curves
+
+    probe = {"every": 8, "single_images": 1, "color_images": 1, "per_tag": 1, "other_images": 1, "steps": 2}
+    cfg = PretrainConfig(**{**TINY, "ema_decay": ema, "probe": probe})
+    Pretrainer(cfg, tmp_path / "a").run()
+    rows = read_curves(tmp_path / "a")
+    assert [r["images"] for r in rows] == [8, 16]  # batch 4: after steps 2 and 4
+    assert rows[0]["ema"] == (ema > 0)
+    s = rows[0]["summary"]
+    assert set(s) >= {"single_object", "colors", "two_object", "counting", "position", "color_attr", "geneval"}
+    assert s["colors"]["n"] == 48 and 0 <= s["geneval"]["accuracy"] <= 1
+    assert (tmp_path / "a" / "probe" / "images-00000k.png").exists()
+    tags = plot_curves([tmp_path / "a"], tmp_path / "curves.png")
+    assert "single_object" in tags and (tmp_path / "curves.png").stat().st_size > 0
+    with pytest.raises(UserError, match="no probe.jsonl rows"):
+        plot_curves([tmp_path / "nothing"], tmp_path / "x.png")
