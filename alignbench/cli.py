@@ -94,7 +94,73 @@ def _signals_request_stop(request_stop):
             signal.signal(sig, h)
 
 
-def _progress(disable: bool = False) -> Progress:
+class PlainProgress:
+    """The part of rich's :class:`~rich.progress.Progress` API the commands use, printing plain lines
+    instead of a bar, for output that is not a terminal (a log file, ``nohup``, a job scheduler).
+
+    A task created with ``add_task(..., per_step=True)`` (training iterations) prints one line each
+    time its count changes; other tasks print when they start, at most every ``every_s`` seconds
+    while they run, and when they complete. A line carries the task's description (with the same
+    figures as the bar), ``done/total`` and the elapsed seconds.
+    """
+
+    def __init__(self, console: Console, every_s: float = 30.0, disable: bool = False):
+        import time
+
+        self.console, self.every_s, self.disable = console, every_s, disable
+        self._clock = time.monotonic
+        self.tasks: dict[int, dict] = {}
+
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def add_task(self, description: str, total: float | None = None, completed: float = 0,
+                 per_step: bool = False, **fields) -> int:
+        tid = len(self.tasks)
+        now = self._clock()
+        self.tasks[tid] = {"description": description, "total": total, "completed": completed,
+                           "per_step": per_step, "start": now, "last": None}
+        self._line(tid, now)
+        return tid
+
+    def advance(self, task_id: int, advance: float = 1) -> None:
+        self.update(task_id, completed=self.tasks[task_id]["completed"] + advance)
+
+    def update(self, task_id: int, completed: float | None = None, description: str | None = None,
+               total: float | None = None, **fields) -> None:
+        t = self.tasks[task_id]
+        changed = completed is not None and completed != t["completed"]
+        if completed is not None:
+            t["completed"] = completed
+        if description is not None:
+            t["description"] = description
+        if total is not None:
+            t["total"] = total
+        now = self._clock()
+        done = t["total"] is not None and t["completed"] >= t["total"]
+        if (t["per_step"] and changed) or (changed and done) or now - t["last"] >= self.every_s:
+            self._line(task_id, now)
+
+    def _line(self, task_id: int, now: float) -> None:
+        t = self.tasks[task_id]
+        t["last"] = now
+        if self.disable:
+            return
+        total = "?" if t["total"] is None else f"{t['total']:g}"
+        self.console.print(f"{t['description']}: {t['completed']:g}/{total} ({now - t['start']:.0f} s)",
+                           markup=False, highlight=False)
+
+
+def _progress(disable: bool = False) -> Progress | PlainProgress:
+    """A rich progress bar on stderr when stdout is a terminal; otherwise :class:`PlainProgress`
+    printing plain lines on stdout (one per training iteration, every 30 s for other loops)."""
+    import sys
+
+    if not sys.stdout.isatty():
+        return PlainProgress(console, disable=disable)
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                     console=err_console, transient=True, disable=disable)
 
@@ -601,10 +667,12 @@ def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | 
                 bar.update(jobs[stage], completed=done)
             elif event == "start":
                 done, total = info
-                jobs["train"] = bar.add_task(name, total=total, completed=done)
+                jobs["train"] = bar.add_task(name, total=total, completed=done, per_step=True)
             elif event == "iteration":
                 bar.update(jobs["train"], completed=info["iteration"] + 1,
-                           description=f"{name} reward {info['reward_mean']:.3f}")
+                           description=f"{name} reward {info['reward_mean']:.3f} ± {info['reward_std']:.3f}, "
+                                       f"kl {info['kl']:.4f}, clip {info['clip_frac']:.2f}, NFE {info['nfe']}, "
+                                       f"{info['seconds']['total']:.1f} s/it")
 
         try:
             trainer = Trainer(run_dir, cfg, backbone, t, progress=report)

@@ -159,3 +159,27 @@ def test_list_and_show_models():
     assert "tiny-shapes" in out and "flux-dev" in out
     shown = run("show", "model", "flux-dev").output
     assert "black-forest-labs/FLUX.1-dev" in shown and "domain: natural" in shown and "eval_steps: 28" in shown
+
+
+def test_plain_progress_prints_each_iteration_and_other_loops_every_30_seconds():
+    import io
+
+    from rich.console import Console
+
+    from alignbench.cli import PlainProgress
+
+    buf = io.StringIO()
+    now = [0.0]
+    bar = PlainProgress(Console(file=buf, width=200), every_s=30)
+    bar._clock = lambda: now[0]
+    it = bar.add_task("train", total=3, per_step=True)
+    loop = bar.add_task("sample", total=100)
+    for k in range(1, 101):  # 100 updates over 50 s: the start, one at 30 s, and the end
+        now[0] = k * 0.5
+        bar.update(loop, completed=k)
+    bar.update(it, completed=1, description="train reward 0.5")
+    bar.update(it, completed=1)  # unchanged count: no line
+    bar.update(it, completed=2, description="train reward 0.6")
+    lines = buf.getvalue().splitlines()
+    assert lines == ["train: 0/3 (0 s)", "sample: 0/100 (0 s)", "sample: 60/100 (30 s)", "sample: 100/100 (50 s)",
+                     "train reward 0.5: 1/3 (50 s)", "train reward 0.6: 2/3 (50 s)"]

@@ -116,6 +116,10 @@ def test_run_trains_and_writes_the_run_directory(tmp_path):
     lora_b = [v for k, v in adapter.items() if "lora_B" in k]
     assert lora_b and any(float(v.abs().max()) > 0 for v in lora_b)  # B starts at 0: training moved it
     assert "base" in res.output and "final" in res.output
+    # stdout is not a terminal here: one plain progress line per iteration, with the bar's figures
+    lines = [ln for ln in res.output.splitlines() if ln.startswith("tmpo geneval reward")]
+    assert [ln.split(": ")[-1].split(" (")[0] for ln in lines] == ["1/2", "2/2"]
+    assert all(", NFE " in ln and " s/it" in ln for ln in lines)
 
 
 def test_a_run_that_cannot_learn_evaluates_exactly_like_the_base_model(tmp_path):
