@@ -272,7 +272,7 @@ def test_pretrain_command_stops_cleanly_on_sigterm(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "stopped on a signal at flow step" in stdout and "Traceback" not in stderr
-    state = torch.load(out / "checkpoint.pt", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
     assert state["phase"] == 1 and state["step"] >= 1 and not (out / "pipeline").exists()
     assert f"at flow step {state['step']} with a checkpoint" in stdout  # the step it reports is the one saved
 

@@ -23,8 +23,16 @@ from alignbench.models.pretrain import (
 from alignbench.models.probe import ProbeConfig, probe_records, summarize_probe
 from alignbench.models.tiny import TinyFluxConfig, build_tiny_pipeline
 from alignbench.world.palette import CLASSES, COLORS
-from alignbench.world.scene import LABEL_CHANNELS, Background, ObjectSpec, Scene, SignSpec, WorldConfig, render, \
-    render_with_labels
+from alignbench.world.scene import (
+    LABEL_CHANNELS,
+    Background,
+    ObjectSpec,
+    Scene,
+    SignSpec,
+    WorldConfig,
+    render,
+    render_with_labels,
+)
 
 MICRO = TinyFluxConfig(vae_channels=(8, 8, 8), text_dim=16, text_heads=2, num_layers=1, num_single_layers=1,
                        attention_head_dim=8, num_attention_heads=2, axes_dims_rope=(2, 2, 4))

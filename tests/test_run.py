@@ -276,9 +276,42 @@ def test_non_finite_reward_stops_the_run_and_keeps_the_checkpoint(tmp_path, brig
     assert "iteration 1: non-finite reward (nan)" in res.output
     run_dir = _run_dir(tmp_path)
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
-    state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=False)
+    state = torch.load(run_dir / "checkpoint" / "state.pt", weights_only=True)
     assert state["iterations_done"] == 1
     assert len(_metrics(run_dir)) == 1
+
+
+class _Evil:
+    """Unpickling this runs code: it touches the file named by ``marker``."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_checkpoint_that_would_run_code_is_refused_in_one_line(tmp_path, bright_task):
+    res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", bright_task["bright-nan"], "--iterations",
+                                   "4", "--out", str(tmp_path), *TINY])
+    assert res.exit_code == 2
+    run_dir = _run_dir(tmp_path)
+    marker = tmp_path / "pwned"
+    torch.save({"iterations_done": 1, "lora": [_Evil(marker)]}, run_dir / "checkpoint" / "state.pt")
+    res = CliRunner().invoke(app, ["run", "--resume", str(run_dir)])
+    assert res.exit_code == 2, res.output
+    assert not marker.exists()  # the payload never ran
+    err = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "was refused: it holds Python objects other than tensors" in err[0]
+    assert "Traceback" not in res.output
+    # the pretraining checkpoint is loaded the same way
+    from alignbench.errors import UserError
+    from alignbench.io import load_checkpoint_file
+
+    torch.save({"step": _Evil(marker)}, tmp_path / "checkpoint.pt")
+    with pytest.raises(UserError, match="was refused"):
+        load_checkpoint_file(tmp_path / "checkpoint.pt")
+    assert not marker.exists()
 
 
 def test_bad_run_options_are_one_line_errors(tmp_path):
@@ -294,3 +327,39 @@ def test_bad_run_options_are_one_line_errors(tmp_path):
         res = runner.invoke(app, ["run", "--iterations", "1", "--out", str(tmp_path), *TINY[:2], *extra])
         assert res.exit_code == 2, (extra, res.output)
         assert msg in res.output and "Traceback" not in res.output, (extra, res.output)
+
+
+def test_exported_lora_loads_into_a_fresh_pipeline_and_reproduces_the_final_evaluation(tmp_path, bright_task):
+    from diffusers import FluxPipeline
+
+    from alignbench.evaluation import EvalConfig, evaluate
+    from alignbench.models.backbone import FluxBackbone
+    from alignbench.models.spec import ModelSpec
+    from alignbench.task import get_task
+
+    res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", bright_task["bright"], "--iterations", "2",
+                                   "--out", str(tmp_path / "runs"), *TINY, "--set", "algo.lr=0.02", "--set", "algo.ema_decay=0",
+                                   "--set", "algo.ema_every=1"])
+    assert res.exit_code == 0, res.output
+    run_dir = _run_dir(tmp_path / "runs")
+    res = CliRunner().invoke(app, ["export", str(run_dir), "--out", str(tmp_path / "lora")])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    card = (tmp_path / "lora" / "README.md").read_text()
+    assert "flow_grpo" in card and "revision" in card and "rank 8, α 16" in card and "partial" in card
+    cfg = json.loads((run_dir / "run.json").read_text())["config"]
+    spec = ModelSpec(**cfg["model"])
+    pipe = FluxPipeline.from_pretrained(spec.resolved_source())
+    pipe.load_lora_weights(str(tmp_path / "lora"))  # diffusers' own loader, the file's keys and α/r
+    backbone = FluxBackbone(pipe, spec.height, spec.width, spec.max_sequence_length, spec.guidance_scale)
+    again = evaluate(backbone, get_task(bright_task["bright"]), EvalConfig(**cfg["eval"]), spec.eval_steps)
+    final = [json.loads(ln) for ln in (run_dir / "eval.jsonl").read_text().splitlines()]
+    base = [json.loads(ln) for ln in (run_dir / "eval_base.jsonl").read_text().splitlines()]
+    # the LoRA changed the images (so this comparison can fail) ...
+    assert any(abs(b["lgmd"] - f["lgmd"]) > 1e-4 for b, f in zip(base, final, strict=True))
+    # ... and the exported one draws the run's final images: same final latents (LGMD) and detections
+    for a, f in zip(again.rows, final, strict=True):
+        assert a["lgmd"] == pytest.approx(f["lgmd"], abs=1e-5)
+        assert a["partial"] == pytest.approx(f["partial"], abs=1e-5)  # mean brightness of each image
+    res = CliRunner().invoke(app, ["export", str(tmp_path / "runs"), "--out", str(tmp_path / "x")])
+    assert res.exit_code == 2 and "is not a run directory" in res.output

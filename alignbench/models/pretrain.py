@@ -30,7 +30,6 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
-
 from typing import Literal
 
 import numpy as np
@@ -39,7 +38,7 @@ from pydantic import Field, field_validator
 
 from ..config import StrictModel
 from ..errors import UserError
-from ..io import atomic_write_bytes, write_json
+from ..io import atomic_write_bytes, load_checkpoint_file, save_checkpoint_file, write_json
 from ..world.prompts import (
     OCR_TEMPLATES,
     color_attr_sample,
@@ -220,7 +219,11 @@ def zero_init_adaln(transformer: torch.nn.Module) -> int:
     modulation linear (shift, scale and gate of each double- and single-stream block and of
     ``norm_out``) and of ``proj_out``, so that every block starts as the identity and the model
     predicts v = 0. Returns the number of parameters zeroed."""
-    from diffusers.models.normalization import AdaLayerNormContinuous, AdaLayerNormZero, AdaLayerNormZeroSingle
+    from diffusers.models.normalization import (
+        AdaLayerNormContinuous,
+        AdaLayerNormZero,
+        AdaLayerNormZeroSingle,
+    )
 
     linears = [m.linear for m in transformer.modules()
                if isinstance(m, AdaLayerNormZero | AdaLayerNormZeroSingle | AdaLayerNormContinuous)]
@@ -403,21 +406,19 @@ class Pretrainer:
                  "optimizer": self.opt.state_dict() if self.opt else None,
                  "ema": self.ema,
                  "align_head": self.align_head.state_dict() if self.align_head is not None else None}
-        import io
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.ckpt_path, buf.getvalue())
+        save_checkpoint_file(self.ckpt_path, state)
 
     def load_checkpoint(self) -> bool:
         """Restore :attr:`ckpt_path` if it exists; returns whether it did.
 
         Raises:
             UserError: the checkpoint was written with another configuration (fields added later
-                match when they hold their default).
+                match when they hold their default), or holds more than tensors and plain containers
+                (loaded with ``weights_only=True``).
         """
         if not self.ckpt_path.exists():
             return False
-        state = torch.load(self.ckpt_path, map_location=self.device, weights_only=False)
+        state = load_checkpoint_file(self.ckpt_path, map_location=self.device)
         saved, current = state["config"], self.cfg.model_dump(mode="json")
         defaults = PretrainConfig().model_dump(mode="json")
         # fields added after the checkpoint was written match when they hold their default

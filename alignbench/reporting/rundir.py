@@ -153,8 +153,20 @@ def environment() -> dict[str, Any]:
     env = {"alignbench": __version__, "git_commit": git_commit(), "python": platform.python_version(),
            "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+           "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+           "command": command_line()}
     return env
+
+
+def command_line() -> str:
+    """The command this process runs, as a shell line (``alignbench run --algo tmpo ...``)."""
+    import shlex
+    import sys
+
+    args = list(sys.argv)
+    if args and Path(args[0]).name in ("alignbench", "cli.py", "__main__.py"):
+        args[0] = "alignbench"
+    return shlex.join(args)
 
 
 def write_run_json(run_dir: Path, kind: str, config: dict[str, Any], seed: int, status: str,

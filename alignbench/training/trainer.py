@@ -15,7 +15,6 @@ LoRA gradients are averaged before the optimizer step.
 
 from __future__ import annotations
 
-import io
 import math
 import resource
 import time
@@ -30,7 +29,7 @@ from pydantic import Field
 from ..config import StrictModel, apply_overrides, deep_merge, load_yaml, validate
 from ..errors import ConfigError, UserError
 from ..evaluation import EvalConfig, evaluate, write_eval
-from ..io import atomic_write_bytes, write_json, write_jsonl
+from ..io import atomic_write_bytes, load_checkpoint_file, save_checkpoint_file, write_json, write_jsonl
 from ..registry import algorithms
 from ..sampling.plan import execute
 from .algorithm import Algorithm, Context, Progress, Rewards
@@ -243,9 +242,7 @@ class Trainer:
                  "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                  "ema": self.ema.state_dict(), "algo": self.algo.state_dict(), "names": names,
                  "reference_state": self.reference_state, "steps_since_reset": self.steps_since_reset}
-        buf = io.BytesIO()
-        torch.save(state, buf)
-        atomic_write_bytes(self.checkpoint_path, buf.getvalue())
+        save_checkpoint_file(self.checkpoint_path, state)
         ema = {n: s.detach().cpu().contiguous() for n, s in zip(names, self.ema.shadow, strict=True)}
         atomic_write_bytes(self.checkpoint_path.with_name("adapter.safetensors"),
                            st_save(ema, metadata={"iterations_done": str(iterations_done)}))
@@ -254,15 +251,12 @@ class Trainer:
         """Restore the state of ``checkpoint/state.pt``; returns the iterations already done (0 if none).
 
         Raises:
-            UserError: the checkpoint cannot be read.
+            UserError: the checkpoint cannot be read, or holds more than tensors and plain containers
+                (it is loaded with ``weights_only=True``: a crafted file cannot run code).
         """
         if not self.checkpoint_path.exists():
             return 0
-        try:
-            state = torch.load(self.checkpoint_path, map_location="cpu", weights_only=False)
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is a user-facing error
-            raise UserError(f"checkpoint '{self.checkpoint_path}' cannot be read ({type(exc).__name__}); "
-                            "delete it to restart the run from scratch") from None
+        state = load_checkpoint_file(self.checkpoint_path)
         with torch.no_grad():
             for p, v in zip(self.params, state["lora"], strict=True):
                 p.copy_(v)

@@ -1,0 +1,5 @@
+"""``python -m alignbench.cli``."""
+
+from . import main
+
+main()
