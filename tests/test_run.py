@@ -363,3 +363,38 @@ def test_exported_lora_loads_into_a_fresh_pipeline_and_reproduces_the_final_eval
         assert a["partial"] == pytest.approx(f["partial"], abs=1e-5)  # mean brightness of each image
     res = CliRunner().invoke(app, ["export", str(tmp_path / "runs"), "--out", str(tmp_path / "x")])
     assert res.exit_code == 2 and "is not a run directory" in res.output
+
+
+def test_tensorboard_and_wandb_trackers_receive_the_scalars_tables_and_sample_grids(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    pytest.importorskip("wandb")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "2", "--out",
+                                   str(tmp_path), *TINY, "--report-to", "all"])
+    assert res.exit_code == 0, res.output
+    run_dir = _run_dir(tmp_path)
+    (events,) = list((run_dir / "trackers" / "alignbench-geneval").glob("events.out.tfevents.*"))  # hparams aside
+    acc = EventAccumulator(str(events.parent), size_guidance={"images": 0, "scalars": 0, "tensors": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    rows = _metrics(run_dir)
+    reward = acc.Scalars("train/reward_mean")
+    assert [e.step for e in reward] == [0, 1]
+    assert [e.value for e in reward] == pytest.approx([r["reward_mean"] for r in rows], rel=1e-6)
+    for key in ("train/adv_std", "train/kl", "train/clip_frac", "train/lgmd_train", "train/nfe", "train/seconds/total"):
+        assert key in tags["scalars"], key
+    final = json.loads((run_dir / "eval.json").read_text())
+    (acc_final,) = acc.Scalars("eval/overall/accuracy")
+    assert acc_final.step == 2 and acc_final.value == pytest.approx(final["metrics"]["overall"]["accuracy"])
+    assert set(tags["images"]) == {"eval_base/samples", "eval/samples"}
+    img = acc.Images("eval/samples")[0]
+    assert img.width > 0 and img.height > 0
+    assert any("eval/table" in t for t in tags["tensors"])  # the Markdown table (a text summary)
+    # W&B in offline mode: its run files in the run directory
+    wandb_runs = list((run_dir / "trackers" / "wandb").glob("offline-run-*"))
+    assert len(wandb_runs) == 1 and list(wandb_runs[0].glob("run-*.wandb"))
+    bad = CliRunner().invoke(app, ["run", "--iterations", "1", "--out", str(tmp_path), "--report-to", "mlflow"])
+    assert bad.exit_code == 2 and "allowed: none, tensorboard, wandb, all" in bad.output

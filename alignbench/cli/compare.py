@@ -52,7 +52,7 @@ def _compare_action(out: Path, cfg: dict, found: tuple[Path, str] | None) -> str
     return "resume (stopped while running)" if status == "running" else f"resume ({status})"
 
 
-def _compare_one(out: Path, cfg: dict, device: str, label: str) -> Path | None:
+def _compare_one(out: Path, cfg: dict, device: str, label: str, report_to: str = "none") -> Path | None:
     """Make one planned run of ``compare`` exist and be finished: claim its configuration (so that a
     second ``compare`` on the same root leaves it alone), look again for a matching run directory,
     then skip it (finished), leave it out (failed), resume it or start it. Returns the finished run
@@ -69,7 +69,8 @@ def _compare_one(out: Path, cfg: dict, device: str, label: str) -> Path | None:
         if found is not None and found[1] == "failed":
             err_console.print(f"warning: {found[0]} failed earlier (non-finite values); left out", markup=False)
             return None
-        _, run_dir = _train(cfg, out, device, resume_dir=found[0] if found else None, label=label)
+        _, run_dir = _train(cfg, out, device, resume_dir=found[0] if found else None, label=label,
+                            report_to=report_to)
         return run_dir
 
 
@@ -119,6 +120,7 @@ def compare_cmd(
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
     dry_run: Annotated[bool, typer.Option(help="only print which runs exist, resume or start")] = False,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
+    report_to: Annotated[str, typer.Option(help="experiment trackers for each run: none, tensorboard, wandb or all (extras alignbench[tensorboard], alignbench[wandb])")] = "none",
 ) -> None:
     """Run a matched comparison (specs/algorithms.md §6): one protocol for all algorithms, each with
     its own sampler, advantage, loss and hyperparameters; finished runs are skipped, interrupted ones
@@ -133,6 +135,9 @@ def compare_cmd(
 
     git_commit()  # read once now: the runs record the code this process loaded, even hours later
     _set_threads(threads)
+    from ..reporting.trackers import trackers_for
+
+    trackers_for(report_to)
     if _process_state(device).num_processes > 1:
         raise UserError("compare: runs one process per run; start one compare per GPU instead (they share --out "
                         "safely), or train one run on several GPUs with accelerate launch … alignbench run")
@@ -162,7 +167,7 @@ def compare_cmd(
     for n, (cfg, _) in enumerate(plan, 1):
         label = f"[{n}/{len(plan)}] {cfg['algorithm']} seed {cfg['seed']}"
         try:
-            run_dir = _compare_one(out, cfg, device, label)
+            run_dir = _compare_one(out, cfg, device, label, report_to)
         except RunBusyError as exc:  # another compare (say, on another GPU) has this run: leave it to that one
             err_console.print(f"{label}: skipped, {exc.holder or 'another process'} is running it", markup=False)
             busy.append(cfg)

@@ -35,12 +35,16 @@ def run_cmd(
     resume: Annotated[Path | None, typer.Option(help="continue the run in this directory from its last checkpoint")] = None,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
+    report_to: Annotated[str, typer.Option(help="experiment trackers: none, tensorboard, wandb or all (extras alignbench[tensorboard], alignbench[wandb]); files under <run>/trackers/")] = "none",
 ) -> None:
     """Train one algorithm on one task: evaluate the base model, train, evaluate the EMA model."""
 
     from ..training.trainer import RNG_STREAMS, resolve_run_config
 
     _set_threads(threads)
+    from ..reporting.trackers import trackers_for
+
+    trackers_for(report_to)  # a bad value or a missing package fails before anything is loaded
 
     if resume is not None:
         if set_ or config is not None or iterations is not None:
@@ -62,13 +66,13 @@ def run_cmd(
             return
     else:
         cfg = resolve_run_config(algo, task, model, seed, config_file=config, overrides=set_, iterations=iterations)
-    summary, run_dir = _train(cfg, out, device, resume_dir=resume)
+    summary, run_dir = _train(cfg, out, device, resume_dir=resume, report_to=report_to)
     if _process_state(device).is_main_process:
         _print_run_summary(cfg, summary, run_dir)
 
 
 def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
-           label: str | None = None) -> tuple[dict, Path]:
+           label: str | None = None, report_to: str = "none") -> tuple[dict, Path]:
     """Train one resolved run config into a new run directory under ``out`` (or continue the one in
     ``resume_dir``); returns (summary, run directory). Ctrl-C leaves status ``interrupted`` and exits 130."""
     from ..models.spec import ModelSpec
@@ -89,7 +93,8 @@ def _train(cfg: dict, out: Path, device: str, resume_dir: Path | None = None,
         run_dir = Path(_broadcast(str(made) if made else None, state))
     lock = exclusive_lock(run_lock_path(run_dir), f"run directory {run_dir}") if main else contextlib.nullcontext()
     with lock:
-        return _train_locked(cfg, run_dir, backbone, fresh=resume_dir is None, label=label, main=main)
+        return _train_locked(cfg, run_dir, backbone, fresh=resume_dir is None, label=label, main=main,
+                             report_to=report_to)
 
 
 def _process_state(device: str):
@@ -112,7 +117,7 @@ def _broadcast(value: str | None, state) -> str:
 
 
 def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | None,
-                  main: bool = True) -> tuple[dict, Path]:
+                  main: bool = True, report_to: str = "none") -> tuple[dict, Path]:
     """The body of :func:`_train`, run while this process holds the run directory's lock; only the
     main process (``main``) writes ``run.json`` and shows progress."""
     from ..reporting.rundir import write_run_json as _write_run_json
@@ -145,7 +150,7 @@ def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | 
                                        f"{info['seconds']['total']:.1f} s/it")
 
         try:
-            trainer = Trainer(run_dir, cfg, backbone, t, progress=report)
+            trainer = Trainer(run_dir, cfg, backbone, t, progress=report, report_to=report_to)
         except UserError:
             if fresh and main:  # nothing was trained: leave no half-made run directory behind
                 import shutil

@@ -155,7 +155,10 @@ class Trainer:
         config: the resolved config (:func:`resolve_run_config`).
         backbone: the loaded backbone adapter (no LoRA yet).
         task: the loaded task.
-        accelerator: an ``accelerate.Accelerator`` (default: a CPU one).
+        accelerator: an ``accelerate.Accelerator`` (default: one for the backbone's device, with the
+            trackers of ``report_to``).
+        report_to: experiment trackers (:mod:`~alignbench.reporting.trackers`): none, tensorboard,
+            wandb or all; used when no ``accelerator`` is given.
         progress: ``progress(event, info)`` with events ``eval`` (stage, done, total),
             ``iteration`` (the metrics row) and ``start`` (first iteration, total).
 
@@ -165,15 +168,20 @@ class Trainer:
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], backbone, task, accelerator=None,
-                 progress: Callable[[str, Any], None] | None = None):
+                 progress: Callable[[str, Any], None] | None = None, report_to: str = "none"):
         from accelerate import Accelerator
+
+        from ..reporting.trackers import RunTrackers, trackers_for
 
         self.run_dir, self.config, self.backbone, self.task = Path(run_dir), config, backbone, task
         if config.get("streams", 1) != RNG_STREAMS:
             raise ConfigError(f"streams: this run was made with the trainer's random streams version "
                               f"{config.get('streams', 1)} and this alignbench draws version {RNG_STREAMS}, so it "
                               "cannot continue it exactly; start a new run (finished runs still render)")
-        self.acc = accelerator or Accelerator(cpu=backbone.device.type == "cpu")
+        log_with = trackers_for(report_to)
+        self.acc = accelerator or Accelerator(cpu=backbone.device.type == "cpu", log_with=log_with or None,
+                                              project_dir=str(self.run_dir / "trackers") if log_with else None)
+        self._trackers = (RunTrackers, config)  # started in run(), once the configuration is checked
         self.progress = progress or (lambda *a: None)
         self.protocol = ProtocolConfig.model_validate(config["protocol"])
         self.eval_cfg = EvalConfig.model_validate(config["eval"])
@@ -448,6 +456,9 @@ class Trainer:
         t0 = time.perf_counter()
         base = self._evaluate("eval_base")
         t_base = time.perf_counter() - t0
+        cls, config = self._trackers
+        trackers = cls(self.acc, self.run_dir, config)
+        trackers.log_eval("eval_base", base, self.run_dir / "samples" / "eval_base_grid.png", step=0)
         self.progress("start", (done, self.protocol.iterations))
         for it in range(done, self.protocol.iterations):
             row = self.iteration(it)
@@ -457,6 +468,7 @@ class Trainer:
             if (it + 1) % self.protocol.checkpoint_every == 0 or it + 1 == self.protocol.iterations:
                 self.save_checkpoint(it + 1)
                 self.start_iteration_done = it + 1
+            trackers.log_iteration(row)
             self.progress("iteration", row)
         t1 = time.perf_counter()
         cost = {"seconds_per_iteration": float(np.mean([r["seconds"]["total"] for r in self.rows])),
@@ -473,5 +485,7 @@ class Trainer:
                    "cost": cost}
         if self.acc.is_main_process:
             write_json(self.run_dir / "summary.json", summary)
+        trackers.log_eval("eval", final, self.run_dir / "samples" / "eval_grid.png", step=self.protocol.iterations)
+        trackers.finish()
         return summary
 
