@@ -185,3 +185,21 @@ def test_probe_runs_every_n_images_and_the_curves_plot(tmp_path, ema):
     assert "single_object" in tags and (tmp_path / "curves.png").stat().st_size > 0
     with pytest.raises(UserError, match="no probe.jsonl rows"):
         plot_curves([tmp_path / "nothing"], tmp_path / "x.png")
+
+
+def test_object_weighted_loss_weights_cells_by_object_coverage(tmp_path):
+    from alignbench.models.pretrain import object_weighted_loss
+
+    trainer = Pretrainer(PretrainConfig(**{**TINY, "object_weight": 4.0, "steps": 1}), tmp_path)
+    trainer.run()
+    assert trainer.labels is not None  # the label maps are built for the weighting alone
+    maps = torch.zeros(1, len(LABEL_CHANNELS), 16, 16)
+    maps[0, 0, :2, :2] = 1.0  # a circle covering the first token's 2×2 cells: 16 of 1,024 values
+    err = torch.zeros(1, 64, 16)
+    err[0, 0] = 1.0  # error only on the object
+    # weights 5 on the object's 16 values, 1 on the other 1,008: mean(err·w) / mean(w) = 80 / 1088
+    assert float(object_weighted_loss(err, maps, 4.0)) == pytest.approx(80 / 1088)
+    assert float(object_weighted_loss(err, maps, 0.0)) == pytest.approx(16 / 1024)  # the plain MSE
+    err2 = torch.zeros(1, 64, 16)
+    err2[0, 5] = 1.0  # the same error on background
+    assert float(object_weighted_loss(err2, maps, 4.0)) == pytest.approx(16 / 1088)

@@ -39,6 +39,7 @@ from pydantic import Field, field_validator
 from ..config import StrictModel
 from ..errors import UserError
 from ..io import atomic_write_bytes, load_checkpoint_file, save_checkpoint_file, write_json
+from ..world.palette import CLASSES
 from ..world.prompts import (
     OCR_TEMPLATES,
     color_attr_sample,
@@ -113,6 +114,10 @@ class PretrainConfig(StrictModel):
     align_block: int = Field(2, ge=0, description="block whose image-token output the label head reads (double-"
                              "stream blocks first, then single-stream, counted from 0)")
     align_steps: int | None = Field(None, ge=0, description="flow steps with the label-alignment loss (None = all)")
+    object_weight: float = Field(0.0, ge=0, description="λ of the object-weighted flow loss (0 = plain MSE): each "
+                                 "latent cell's squared error is weighted by 1 + λ·(its object + sign-ink coverage), "
+                                 "weights normalised to mean 1 over the batch, so that the small objects are not "
+                                 "drowned by the background (needs the renderer's label maps, like align_weight)")
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description="the dev probe (train-split prompts, EMA "
                                "weights) logged to probe.jsonl every probe.every images")
 
@@ -235,6 +240,24 @@ def zero_init_adaln(transformer: torch.nn.Module) -> int:
                 p.zero_()
                 n += p.numel()
     return n
+
+
+def object_weighted_loss(err: torch.Tensor, maps: torch.Tensor, lam: float) -> torch.Tensor:
+    """Flow loss with each latent cell weighted by its object content.
+
+    Args:
+        err: squared errors of packed latents, [N, T, 4·C] (T tokens of 2×2 cells × C channels).
+        maps: the renderer's label maps of the same images, [N, len(LABEL_CHANNELS), h, w] in [0, 1].
+        lam: λ ≥ 0.
+
+    Returns:
+        mean(err · w) / mean(w), with w = 1 + λ·cover per cell and cover = min(1, object-class
+        coverage + sign-ink coverage) of the cell; λ = 0 gives the plain mean.
+    """
+    c = err.shape[-1] // 4
+    cover = (maps[:, : len(CLASSES)].sum(1, keepdim=True) + maps[:, -1:]).clamp(0, 1)
+    wgt = 1 + lam * pack_labels(cover.expand(-1, c, -1, -1).contiguous())
+    return (err * wgt).mean() / wgt.mean()
 
 
 def pack_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -543,7 +566,7 @@ class Pretrainer:
             return
         cfg = self.cfg
         cache = self.out / "cache" / "pool.pt"
-        want_labels = cfg.align_weight > 0
+        want_labels = cfg.align_weight > 0 or cfg.object_weight > 0
         if cache.exists():
             data = torch.load(cache, weights_only=True)
             if not want_labels or data.get("labels") is not None:
@@ -609,8 +632,12 @@ class Pretrainer:
                 guidance=(torch.ones(cfg.batch, device=self.device) if cfg.model.guidance_embeds else None),
                 pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
                 img_ids=img_ids, return_dict=False)[0]
-            flow_loss = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2).mean()
+            err = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2)
+            flow_loss = err.mean()
             loss, align = flow_loss, None
+            if cfg.object_weight > 0:
+                maps = (self.labels[torch.from_numpy(idx)].float() / 255.0).to(self.device)
+                loss = object_weighted_loss(err, maps, cfg.object_weight)
             if self.align_head is not None and (cfg.align_steps is None or self.step < cfg.align_steps):
                 logits = self.align_head(self._hidden.pop("h"))
                 labels = pack_labels(self.labels[torch.from_numpy(idx)].float() / 255.0).to(self.device)

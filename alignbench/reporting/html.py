@@ -29,7 +29,8 @@ table { border-collapse: collapse; font-size: .8rem; }
 th, td { border: 1px solid #ccc; padding: 3px 6px; text-align: right; white-space: nowrap; }
 th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; font-weight: 600; }
 tr.base td { background: #fafae6; }
-.plots img { max-width: 48%; margin: 4px; border: 1px solid #eee; }
+.plots { display: grid; grid-template-columns: 1fr 1fr; gap: 8px; align-items: start; }
+.plots img { width: 100%; border: 1px solid #eee; } .plots a.wide { grid-column: 1 / span 2; }
 .pair { display: flex; gap: 1rem; align-items: flex-start; margin-bottom: 1.4rem; flex-wrap: wrap; }
 .pair figure { margin: 0; } .pair img { image-rendering: pixelated; width: 420px; border: 1px solid #ccc; }
 figcaption { font-size: .8rem; color: #555; }
@@ -127,7 +128,10 @@ def build_report(task: str, results: str | Path, runs_root: str | Path, out: str
                  "better, ↓ lower is better.</p>")
     if plots:
         parts.append("<h2>Pareto plots and training curves</h2><div class=\"plots\">")
-        parts += [f"<a href=\"{e(p)}\"><img src=\"{e(p)}\" alt=\"{e(p)}\"></a>" for p in plots]
+        ordered = [p for p in plots if p.startswith("curves")] + [p for p in plots if not p.startswith("curves")]
+        for p in ordered:
+            wide = ' class="wide"' if p.startswith("curves") else ""
+            parts.append(f'<a href="{e(p)}"{wide}><img src="{e(p)}" alt="{e(p)}"></a>')
         parts.append("</div>")
     parts.append("<h2>What each method did to the images</h2><p>Each pair shows the base model and the trained "
                  "model on the same test prompts and the same initial noises (the first prompts of the test "
