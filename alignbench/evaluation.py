@@ -30,11 +30,52 @@ class EvalConfig(StrictModel):
 
     split: str = Field("test", pattern="^(train|test)$", description="prompt split")
     images_per_prompt: int = Field(4, ge=2, description="K images per prompt (GenEval: 4)")
+    images_per_tag: int | None = Field(None, ge=1, description="at least this many images per tag: a tag with n "
+                                       "prompts gets max(K, ceil(images_per_tag / n)) images per prompt (None: K)")
     steps: int | None = Field(None, ge=1, description="ODE steps; default: the model's eval_steps")
     seed: int = Field(0, description="seed of the per-image initial noises")
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (smoke tests)")
     batch_size: int = Field(128, ge=1, description="images per transformer forward")
     grid_prompts: int = Field(8, ge=1, description="prompts in the sample grid (× images_per_prompt, max 4)")
+
+
+#: Evaluation presets per (model, task) on top of :class:`EvalConfig`'s defaults. The embedded tasks
+#: are sampled densely enough for the headline figure to be precise (issue 17): GenEval 16 images
+#: per prompt and at least 192 per tag (single_object's 3 prompts get 64 each; 1,152 images), so
+#: that the standard error of accuracy is at most √(6 · 0.25 / 192) / 6 = 0.0147 whatever the
+#: per-tag accuracies; OCR 9 images per prompt (48 × 9 = 432 images).
+EVAL_PRESETS: dict[str, dict[str, int]] = {
+    "tiny-shapes:geneval": {"images_per_prompt": 16, "images_per_tag": 192},
+    "tiny-shapes:ocr": {"images_per_prompt": 9},
+}
+
+
+def eval_preset(model: str, task: str) -> dict[str, int]:
+    """The :data:`EVAL_PRESETS` entry of a model and task (empty if none)."""
+    return dict(EVAL_PRESETS.get(f"{model}:{task}", {}))
+
+
+def images_per_prompt(records: list[dict], cfg: EvalConfig) -> list[int]:
+    """Images to sample for each record: ``cfg.images_per_prompt``, raised for the prompts of a tag
+    with few prompts so that every tag has at least ``cfg.images_per_tag`` images."""
+    k = cfg.images_per_prompt
+    if not cfg.images_per_tag:
+        return [k] * len(records)
+    counts: dict[str, int] = {}
+    for r in records:
+        counts[r.get("tag", "")] = counts.get(r.get("tag", ""), 0) + 1
+    return [max(k, -(-cfg.images_per_tag // counts[r.get("tag", "")])) for r in records]
+
+
+def standard_error(summary_metrics: dict[str, dict[str, float]], key: str) -> float | None:
+    """Standard error of the overall figure of a 0/1 metric averaged over tags (GenEval's accuracy),
+    binomial per tag: √(Σ_t p_t(1 − p_t)/n_t) / T (T tags, n_t images of tag t). None without
+    per-tag rows. (The summary's other keys, averaged over images, get std/√n.)"""
+    tags = [t for t in summary_metrics if t != "overall" and key in summary_metrics[t]]
+    if not tags:
+        return None
+    var = sum(summary_metrics[t][key] * (1 - summary_metrics[t][key]) / summary_metrics[t]["n"] for t in tags)
+    return float(np.sqrt(var) / len(tags))
 
 
 def noise_seed(seed: int, prompt_index: int, image_index: int) -> int:
@@ -82,11 +123,11 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
     records = task.prompts(cfg.split, domain)
     if cfg.max_prompts:
         records = records[: cfg.max_prompts]
-    k, steps = cfg.images_per_prompt, cfg.steps or eval_steps
+    ks, steps = images_per_prompt(records, cfg), cfg.steps or eval_steps
     reward = task.reward(domain)
     t0 = time.perf_counter()
     # (prompt, image) pairs of this process, in row order
-    pairs = [(p, j) for p in range(process_index, len(records), num_processes) for j in range(k)]
+    pairs = [(p, j) for p in range(process_index, len(records), num_processes) for j in range(ks[p])]
     seeds = [noise_seed(cfg.seed, p, j) for p, j in pairs]
     prompts = [records[p]["prompt"] for p, _ in pairs]
     latents, images = [], []
@@ -119,20 +160,26 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
         rows = [rows[i] for i in order]
         images_np = np.concatenate([part[1] for part in parts if len(part[1])])[order]
         latents_t = torch.cat([part[2] for part in parts if len(part[2])])[order]
-    per_prompt_lgmd = [lgmd(latents_t[p * k:(p + 1) * k]) for p in range(len(records))]
+    offsets = np.concatenate([[0], np.cumsum(ks)]).astype(int)  # rows are ordered by (prompt, image)
+    span = [slice(int(offsets[p]), int(offsets[p + 1])) for p in range(len(records))]
+    per_prompt_lgmd = [lgmd(latents_t[span[p]]) for p in range(len(records))]
     from .metrics.diversity import cosine_diversity, vendi_score
     from .metrics.features import feature_extractor
 
     feats = feature_extractor(domain)(images_np)
-    per_prompt_cos = [cosine_diversity(feats[p * k:(p + 1) * k]) for p in range(len(records))]
-    per_prompt_vendi = [vendi_score(feats[p * k:(p + 1) * k]) for p in range(len(records))]
+    per_prompt_cos = [cosine_diversity(feats[span[p]]) for p in range(len(records))]
+    per_prompt_vendi = [vendi_score(feats[span[p]]) for p in range(len(records))]
     for r in rows:
         p_i = r["prompt_index"]
         r["lgmd"], r["cosine_diversity"], r["vendi"] = per_prompt_lgmd[p_i], per_prompt_cos[p_i], per_prompt_vendi[p_i]
+    metrics = summarize_rows(rows, tuple(reward.keys))
     summary = {
-        "task": task.name, "split": cfg.split, "n_prompts": len(records), "images_per_prompt": k,
+        "task": task.name, "split": cfg.split, "n_prompts": len(records), "images_per_prompt": cfg.images_per_prompt,
         "n_images": len(rows), "steps": steps, "noise_seed": cfg.seed,
-        "metrics": summarize_rows(rows, tuple(reward.keys)),
+        "metrics": metrics,
+        "standard_error": {key: (standard_error(metrics, key) if key in ("accuracy", "strict") else
+                                 float(np.std([r[key] for r in rows], ddof=1) / np.sqrt(len(rows))) if len(rows) > 1
+                                 else None) for key in reward.keys},
         "headline": list(task.domain(domain).metrics),  # the task's reported metrics, first = primary
         "lgmd": float(np.mean(per_prompt_lgmd)),
         "cosine_diversity": float(np.mean(per_prompt_cos)), "vendi": float(np.mean(per_prompt_vendi)),

@@ -322,7 +322,7 @@ def test_snapshot_reference_uses_the_stored_adapter_values_without_touching_the_
 
 
 # ------------------------------------------------------------------------------------------ end to end
-TINY_RUN = ["--iterations", "3", "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2",
+TINY_RUN = ["--iterations", "3", "--set", "eval.max_prompts=2", "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=2",
             "--set", "eval.steps=3", "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4",
             "--set", "protocol.prompts_per_iteration=1"]
 

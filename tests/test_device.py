@@ -28,7 +28,7 @@ pytestmark = [pytest.mark.gpu,
 
 MICRO = TinyFluxConfig(vae_channels=(8, 8, 8), text_dim=16, text_heads=2, num_layers=1, num_single_layers=1,
                        attention_head_dim=8, num_attention_heads=2, axes_dims_rope=(2, 2, 4))
-TINY = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
+TINY = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
         "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4", "--set", "protocol.prompts_per_iteration=1"]
 TMPO_TINY = ["--set", "algo.children=2", "--set", "algo.early=[1,2]", "--set", "algo.late=[1,2]", "--set", "algo.s_max=2"]
 

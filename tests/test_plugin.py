@@ -15,7 +15,7 @@ from alignbench.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLE = REPO / "examples" / "alignbench-rloo"
-TINY = ["--iterations", "2", "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3",
+TINY = ["--iterations", "2", "--set", "eval.max_prompts=2", "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3",
         "--set", "protocol.train_steps=4", "--set", "protocol.group_size=3", "--set", "protocol.prompts_per_iteration=1"]
 
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from alignbench.cli import app
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-TINY = ["--iterations", "1", "--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3",
+TINY = ["--iterations", "1", "--set", "eval.max_prompts=2", "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=2", "--set", "eval.steps=3",
         "--set", "protocol.train_steps=6", "--set", "protocol.group_size=4", "--set", "protocol.prompts_per_iteration=1"]
 
 

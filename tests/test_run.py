@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 from alignbench.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
+TINY = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
         "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4", "--set", "protocol.prompts_per_iteration=1"]
 TMPO_TINY = ["--set", "algo.children=2", "--set", "algo.early=[1,2]", "--set", "algo.late=[1,2]", "--set", "algo.s_max=2"]
 VOLATILE = ("seconds", "peak_memory_mb")
@@ -195,7 +195,7 @@ def test_every_algorithm_trains_on_the_same_prompts_for_one_seed(tmp_path):
     for algo, extra, seed in (("tmpo", TMPO_TINY, 0), ("flow_grpo", [], 0), ("flow_grpo", [], 1)):
         out = tmp_path / f"{algo}{seed}"
         res = CliRunner().invoke(app, ["run", "--algo", algo, "--task", "geneval", "--iterations", "3", "--seed",
-                                       str(seed), "--out", str(out), *TINY, *extra, "--set", "eval.max_prompts=1",
+                                       str(seed), "--out", str(out), *TINY, *extra, "--set", "eval.max_prompts=1", "--set", "eval.images_per_tag=null",
                                        "--set", "eval.images_per_prompt=2"])
         assert res.exit_code == 0, res.output
         seen[algo, seed] = [r["prompt_indices"] for r in _metrics(_run_dir(out))]
@@ -203,7 +203,7 @@ def test_every_algorithm_trains_on_the_same_prompts_for_one_seed(tmp_path):
     assert seen["flow_grpo", 1] != seen["flow_grpo", 0]
 
 
-LEARN = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
+LEARN = ["--set", "eval.max_prompts=2", "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=3", "--set", "eval.steps=4",
          "--set", "protocol.group_size=8", "--set", "protocol.prompts_per_iteration=2"]
 
 
@@ -398,3 +398,50 @@ def test_tensorboard_and_wandb_trackers_receive_the_scalars_tables_and_sample_gr
     assert len(wandb_runs) == 1 and list(wandb_runs[0].glob("run-*.wandb"))
     bad = CliRunner().invoke(app, ["run", "--iterations", "1", "--out", str(tmp_path), "--report-to", "mlflow"])
     assert bad.exit_code == 2 and "allowed: none, tensorboard, wandb, all" in bad.output
+
+
+def test_base_evaluation_is_computed_once_per_model_task_and_protocol(tmp_path):
+    from alignbench.base_cache import cache_ingredients, cache_key
+    from alignbench.task import get_task
+
+    def run(*extra):
+        res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "1",
+                                       "--out", str(tmp_path), *TINY, *extra])
+        assert res.exit_code == 0, res.output
+        return max((p.parent for p in tmp_path.rglob("run.json")), key=lambda d: d.stat().st_mtime_ns)
+
+    first = run()
+    entries = lambda: sorted(p.name for p in (tmp_path / ".base_eval").iterdir())  # noqa: E731
+    assert len(entries()) == 1
+    second = run("--seed", "1")  # another seed and algorithm state, same model, task and protocol: reused
+    assert len(entries()) == 1
+    a, b = (json.loads((d / "eval_base.json").read_text()) for d in (first, second))
+    assert a["seconds"] == b["seconds"]  # copied, not recomputed (wall times never repeat)
+    assert (first / "eval_base.jsonl").read_bytes() == (second / "eval_base.jsonl").read_bytes()
+    assert (second / "samples" / "eval_base_grid.png").is_file()
+    cfg = json.loads((first / "run.json").read_text())["config"]
+    assert entries() == [cache_key(cache_ingredients(cfg, get_task("geneval"), "cpu"))]
+    # any change of the model's weights revision or of the protocol is a new entry
+    run("--set", "model.revision=other")
+    run("--set", "eval.seed=7")
+    assert len(entries()) == 3
+    third = max((p.parent for p in tmp_path.rglob("run.json")), key=lambda d: d.stat().st_mtime_ns)
+    assert json.loads((third / "eval_base.json").read_text())["noise_seed"] == 7
+
+
+def test_evaluation_preset_gives_every_tag_enough_images():
+    from alignbench.evaluation import EvalConfig, eval_preset, images_per_prompt, standard_error
+    from alignbench.task import get_task
+
+    records = get_task("geneval").prompts("test")
+    ks = images_per_prompt(records, EvalConfig(**eval_preset("tiny-shapes", "geneval")))
+    per_tag: dict[str, int] = {}
+    for r, k in zip(records, ks, strict=True):
+        per_tag[r["tag"]] = per_tag.get(r["tag"], 0) + k
+    assert min(per_tag.values()) >= 192 and per_tag["single_object"] == 3 * 64
+    # the worst case (every tag at 0.5) still gives a standard error of accuracy <= 0.015
+    worst = {t: {"accuracy": 0.5, "n": n} for t, n in per_tag.items()}
+    assert standard_error(worst, "accuracy") <= 0.015
+    assert standard_error({"a": {"accuracy": 1.0, "n": 10}, "b": {"accuracy": 0.0, "n": 10}}, "accuracy") == 0.0
+    ocr = get_task("ocr").prompts("test")
+    assert sum(images_per_prompt(ocr, EvalConfig(**eval_preset("tiny-shapes", "ocr")))) >= 400

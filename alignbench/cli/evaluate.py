@@ -22,7 +22,8 @@ from .common import (
 def eval_cmd(
     task: Annotated[str, typer.Option(help="task name (geneval, ocr), pkg.module:NAME or task YAML")] = "geneval",
     model: Annotated[str, typer.Option(help="registered model (tiny-shapes, flux-dev) or pkg.module:NAME")] = "tiny-shapes",
-    images_per_prompt: Annotated[int, typer.Option(min=2, help="K images per prompt")] = 4,
+    images_per_prompt: Annotated[int | None, typer.Option(min=2, help="K images per prompt (default: the model and task's evaluation preset, e.g. 16 and ≥ 192 per tag for tiny-shapes GenEval; else 4)")] = None,
+    images_per_tag: Annotated[int | None, typer.Option(min=1, help="at least this many images per tag (default: the preset's)")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="ODE steps (default: the model's eval_steps)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the per-image initial noises (same noises for every model)")] = 0,
     split: Annotated[str, typer.Option(help="prompt split: test or train")] = "test",
@@ -49,7 +50,12 @@ def eval_cmd(
     spec = get_model(model, **overrides.get("model", {}))
     t = get_task(task)
     t.domain(spec.domain)
-    cfg = EvalConfig(split=split, images_per_prompt=images_per_prompt, steps=steps, seed=seed, max_prompts=max_prompts)
+    from ..evaluation import eval_preset
+
+    preset = eval_preset(spec.name, t.name)
+    given = {k: v for k, v in {"images_per_prompt": images_per_prompt, "images_per_tag": images_per_tag}.items()
+             if v is not None}
+    cfg = EvalConfig(**{**preset, **given, "split": split, "steps": steps, "seed": seed, "max_prompts": max_prompts})
     backbone = _load_backbone(spec, device)
     run_dir = new_run_dir(out, t.name, spec.name, "base", seed)
     config = {"task": t.name, "model": spec.model_dump(), "eval": cfg.model_dump()}
@@ -80,8 +86,12 @@ def _load_backbone(spec, device: str):
 def _print_eval(t, summary: dict) -> None:
     metrics = summary["metrics"]
     keys = tuple(k for k in next(iter(metrics.values())) if k != "n")
-    console.print(_summary_table(f"{t.name}: {summary['n_prompts']} prompts × {summary['images_per_prompt']} images, "
-                                 f"{summary['steps']} ODE steps", metrics, keys))
+    console.print(_summary_table(f"{t.name}: {summary['n_prompts']} prompts, {summary['n_images']} images "
+                                 f"(≥ {summary['images_per_prompt']} per prompt), {summary['steps']} ODE steps",
+                                 metrics, keys))
+    se = {k: v for k, v in summary.get("standard_error", {}).items() if v is not None}
+    if se:
+        console.print("standard error of the overall figures: " + ", ".join(f"{k} {v:.4f}" for k, v in se.items()))
     console.print(f"LGMD {summary['lgmd']:.3f}   cosine diversity {summary['cosine_diversity']:.3f}   "
                   f"Vendi {summary['vendi']:.2f}   (sampling {summary['seconds']['sample']:.1f} s, "
                   f"scoring {summary['seconds']['score']:.1f} s)")

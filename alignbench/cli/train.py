@@ -116,6 +116,11 @@ def _broadcast(value: str | None, state) -> str:
     return box[0]
 
 
+def base_cache_dir(run_dir: Path) -> Path:
+    """``<run root>/.base_eval``: run directories are ``<root>/<task>/<model>/<algo>/<seed-time>``."""
+    return run_dir.parents[3] / ".base_eval"
+
+
 def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | None,
                   main: bool = True, report_to: str = "none") -> tuple[dict, Path]:
     """The body of :func:`_train`, run while this process holds the run directory's lock; only the
@@ -150,7 +155,8 @@ def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | 
                                        f"{info['seconds']['total']:.1f} s/it")
 
         try:
-            trainer = Trainer(run_dir, cfg, backbone, t, progress=report, report_to=report_to)
+            trainer = Trainer(run_dir, cfg, backbone, t, progress=report, report_to=report_to,
+                              base_cache=base_cache_dir(run_dir))
         except UserError:
             if fresh and main:  # nothing was trained: leave no half-made run directory behind
                 import shutil

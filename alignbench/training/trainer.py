@@ -124,7 +124,10 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
     if iterations is not None:
         proto_data["iterations"] = iterations
     protocol = validate(ProtocolConfig, proto_data, prefix="protocol")
-    eval_cfg = validate(EvalConfig, deep_merge(deep_merge(EvalConfig().model_dump(), file_data.get("eval", {})),
+    from ..evaluation import eval_preset
+
+    eval_data = deep_merge(EvalConfig().model_dump(), eval_preset(spec.name, t.name))
+    eval_cfg = validate(EvalConfig, deep_merge(deep_merge(eval_data, file_data.get("eval", {})),
                                                set_data.get("eval", {})), prefix="eval")
     weights = protocol.reward_weights or {t.domain(spec.domain).train_reward: 1.0}
     keys = tuple(t.reward(spec.domain).keys)
@@ -157,6 +160,8 @@ class Trainer:
         task: the loaded task.
         accelerator: an ``accelerate.Accelerator`` (default: one for the backbone's device, with the
             trackers of ``report_to``).
+        base_cache: folder of the base-model evaluation cache (:mod:`~alignbench.base_cache`; the
+            CLI uses ``<run root>/.base_eval``), or None to always evaluate the base model.
         report_to: experiment trackers (:mod:`~alignbench.reporting.trackers`): none, tensorboard,
             wandb or all; used when no ``accelerator`` is given.
         progress: ``progress(event, info)`` with events ``eval`` (stage, done, total),
@@ -168,7 +173,8 @@ class Trainer:
     """
 
     def __init__(self, run_dir: Path, config: dict[str, Any], backbone, task, accelerator=None,
-                 progress: Callable[[str, Any], None] | None = None, report_to: str = "none"):
+                 progress: Callable[[str, Any], None] | None = None, report_to: str = "none",
+                 base_cache: Path | None = None):
         from accelerate import Accelerator
 
         from ..reporting.trackers import RunTrackers, trackers_for
@@ -183,6 +189,7 @@ class Trainer:
                                               project_dir=str(self.run_dir / "trackers") if log_with else None)
         self._trackers = (RunTrackers, config)  # started in run(), once the configuration is checked
         self.progress = progress or (lambda *a: None)
+        self.base_cache = base_cache
         self.protocol = ProtocolConfig.model_validate(config["protocol"])
         self.eval_cfg = EvalConfig.model_validate(config["eval"])
         cls = algorithm_class(config["algorithm"])
@@ -280,11 +287,21 @@ class Trainer:
     def _evaluate(self, prefix: str, cost: dict[str, float] | None = None) -> dict[str, Any]:
         """Evaluate the current weights (or read ``<prefix>.json`` if it exists); ``cost`` (the run's
         cost figures) goes into the summary and, as ``cost_<key>``, into every ``eval.jsonl`` row."""
+        import json
+
         path = self.run_dir / f"{prefix}.json"
         if path.exists():
-            import json
-
             return json.loads(path.read_text())
+        cache = ingredients = None
+        if prefix == "eval_base" and self.base_cache is not None:
+            from ..base_cache import BaseEvalCache, cache_ingredients
+
+            cache = BaseEvalCache(self.base_cache)
+            ingredients = cache_ingredients(self.config, self.task, str(self.backbone.device))
+            if cache.fetch(ingredients, self.run_dir):
+                summary = json.loads(path.read_text())
+                summary["cached"] = str(cache.entry(ingredients))
+                return summary
         t0 = time.perf_counter()
         from accelerate.utils import gather_object
 
@@ -300,6 +317,8 @@ class Trainer:
         if self.acc.is_main_process:
             write_eval(self.run_dir, result, self.task.spec.format, prefix=prefix,
                        grid_prompts=self.eval_cfg.grid_prompts)
+            if cache is not None:
+                cache.store(ingredients, self.run_dir)
         return result.summary
 
     # ------------------------------------------------------------------------------ the loop
