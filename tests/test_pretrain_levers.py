@@ -187,12 +187,21 @@ def test_probe_runs_every_n_images_and_the_curves_plot(tmp_path, ema):
         plot_curves([tmp_path / "nothing"], tmp_path / "x.png")
 
 
-def test_object_weighted_loss_weights_cells_by_object_coverage(tmp_path):
+@pytest.mark.parametrize("align", [0.0, 0.5])
+def test_object_weighting_changes_training_alone_and_with_label_alignment(tmp_path, align):
+    def weights(lam):
+        t = Pretrainer(PretrainConfig(**{**TINY, "object_weight": lam, "align_weight": align, "align_block": 1, "steps": 2}),
+                       tmp_path / f"w{lam}")
+        t.run()
+        assert lam == 0 or t.labels is not None  # the label maps are built for the weighting alone
+        return t.pipe.transformer.proj_out.weight.detach()
+
+    assert not torch.equal(weights(0.0), weights(4.0))
+
+
+def test_object_weighted_loss_weights_cells_by_object_coverage():
     from alignbench.models.pretrain import object_weighted_loss
 
-    trainer = Pretrainer(PretrainConfig(**{**TINY, "object_weight": 4.0, "steps": 1}), tmp_path)
-    trainer.run()
-    assert trainer.labels is not None  # the label maps are built for the weighting alone
     maps = torch.zeros(1, len(LABEL_CHANNELS), 16, 16)
     maps[0, 0, :2, :2] = 1.0  # a circle covering the first token's 2×2 cells: 16 of 1,024 values
     err = torch.zeros(1, 64, 16)

@@ -642,7 +642,7 @@ class Pretrainer:
                 logits = self.align_head(self._hidden.pop("h"))
                 labels = pack_labels(self.labels[torch.from_numpy(idx)].float() / 255.0).to(self.device)
                 align = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
-                loss = flow_loss + cfg.align_weight * align
+                loss = loss + cfg.align_weight * align
             lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule, cfg.decay_fraction)
             norm = self._update(loss, lr)
             self._update_ema()
