@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -31,6 +32,7 @@ def pretrain_cmd(
     max_minutes: Annotated[float | None, typer.Option(min=0, help="stop cleanly with a checkpoint after this many minutes of this invocation; run again to resume")] = None,
     plot: Annotated[Path | None, typer.Option(help="do not train: draw the dev-probe learning curves of --out (and of every --with) into this PNG (+ SVG)")] = None,
     with_: Annotated[list[Path] | None, typer.Option("--with", help="with --plot: another pretraining directory to draw beside --out (repeatable)")] = None,
+    reference: Annotated[list[Path] | None, typer.Option(help="with --plot: a probe summary JSON of a saved pipeline (scripts/probe_pipeline.py), drawn as a dashed line labelled with the file name (repeatable)")] = None,
 ) -> None:
     """Pretrain the embedded backbone on ShapesWorld: VAE, then transformer + text encoders.
 
@@ -47,7 +49,13 @@ def pretrain_cmd(
         from ..models.probe import plot_curves
 
         dirs = [out, *(with_ or [])]
-        tags = plot_curves(dirs, plot)
+        refs = {}
+        for path in reference or []:
+            try:
+                refs[path.stem] = json.loads(path.read_text())
+            except (OSError, ValueError) as exc:
+                raise UserError(f"--reference: cannot read '{path}' as a probe summary JSON ({type(exc).__name__})") from None
+        tags = plot_curves(dirs, plot, references=refs)
         console.print(f"wrote {plot} ({len(dirs)} runs; panels: {', '.join(tags)})")
         return
 

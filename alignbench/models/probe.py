@@ -169,9 +169,13 @@ def read_curves(run_dir) -> list[dict]:
 
 def plot_curves(run_dirs: list, out_png, labels: list[str] | None = None,
                 tags: tuple[str, ...] = ("geneval", "single_object", "colors", "two_object", "counting",
-                                         "position", "color_attr", "ocr")) -> list[str]:
+                                         "position", "color_attr", "ocr"),
+                references: dict[str, dict] | None = None) -> list[str]:
     """Draw the probe curves of several pretraining runs, one panel per tag, accuracy (OCR: reward)
     against images seen; writes ``out_png`` and the same as SVG. Returns the tags drawn.
+
+    ``references`` maps a label to a probe summary of a saved pipeline (e.g. the shipped weights,
+    from ``scripts/probe_pipeline.py``), drawn as a dashed horizontal line in each panel.
 
     Raises:
         UserError: none of the directories holds probe rows.
@@ -203,6 +207,9 @@ def plot_curves(run_dirs: list, out_png, labels: list[str] | None = None,
             if tag in ("single_object", "colors"):
                 pts = [(r["images"] / 1e3, r["summary"][tag]["class_hit"]) for r in rows if tag in r["summary"]]
                 ax.plot(*zip(*pts, strict=True), ls=":", color=ax.lines[-1].get_color())
+        for i, (name, ref) in enumerate((references or {}).items()):
+            if tag in ref:
+                ax.axhline(ref[tag][key], ls="--", lw=1, color=f"C{len(curves) + i}", label=name)
         ax.set_title(f"{tag} ({'reward' if tag == 'ocr' else 'accuracy'}; dotted: class hit)"
                      if tag in ("single_object", "colors") else f"{tag} ({'OCR reward' if tag == 'ocr' else 'accuracy'})",
                      fontsize=9)
