@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import typer
 
-from . import compare, evaluate, export, info, leaderboard, pretrain, report, score, train, world
+from . import bench, compare, evaluate, export, info, leaderboard, pretrain, report, score, train, world
 from .common import PlainProgress, console, err_console, user_errors
 from .compare import _still_busy
 
@@ -31,6 +31,7 @@ app.command("leaderboard")(leaderboard.leaderboard_cmd)
 app.command("vae-check")(evaluate.vae_check_cmd)
 app.command("export")(export.export_cmd)
 app.command("report")(report.report_cmd)
+app.command("bench")(bench.bench_cmd)
 
 __all__ = ["PlainProgress", "_still_busy", "app", "console", "err_console", "main", "user_errors"]
 

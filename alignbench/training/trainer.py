@@ -450,6 +450,9 @@ class Trainer:
             **self.algo.metrics(progress),
             **({"reference_reset": reference_reset} if self.reference_state is not None else {}),
             "nfe": int(nfe), "nfe_rollout": int(nfe_rollout), "trained_edges": int(trained_edges), "leaves": int(leaves),
+            # the plan's analytic counts for this iteration's prompts (rollout rows double under CFG)
+            "plan_nfe_rollout": int(len(chosen) * plan.nfe_per_prompt() * (2 if bb.true_cfg_scale > 1 else 1)),
+            "plan_trained_edges": int(len(chosen) * plan.edges_per_prompt()),
             "seconds": {"rollout": t_rollout - t_start, "reward": t_reward - t_rollout, "update": t_update - t_reward,
                         "total": time.perf_counter() - t_start},
             "peak_memory_mb": _peak_memory_mb(bb.device),

@@ -1,0 +1,128 @@
+"""``alignbench bench``: what one training iteration of each algorithm costs on this machine.
+
+For each algorithm the run configuration is resolved exactly as ``compare`` resolves it (the
+algorithm's preset for the model, the shared protocol, ``--set protocol.*`` overrides), a trainer is
+built in a scratch directory, and ``1 + N`` iterations run without any evaluation: the first is a
+warm-up (allocations, caches, lazy imports) and is dropped. From the N others it reports:
+
+* seconds per iteration, total and split into rollout, reward and update: median and minimum;
+* NFE (transformer rows) per iteration, rollout NFE and trained transitions per iteration, each
+  checked against the plan's analytic count (``RolloutPlan.nfe_per_prompt`` /
+  ``edges_per_prompt`` × prompts; ``analytic_ok``);
+* transformer rows per second (NFE / total seconds) and peak memory (CUDA: allocated; CPU: RSS);
+* the ratio of median seconds per iteration to Flow-GRPO's (when Flow-GRPO is benchmarked).
+
+Model FLOP utilisation needs a CUDA device and is not computed on the CPU (``mfu`` is null).
+Results go to ``<out>/<machine>/<model>.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .io import atomic_write_text, write_json
+
+
+def machine_label(device: str) -> str:
+    """A folder name for the machine: the CUDA device name, or ``<arch>-<N>cpu``."""
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = torch.cuda.get_device_name(torch.device(device))
+    else:
+        name = f"{platform.machine()}-{os.cpu_count()}cpu"
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name).strip("-")
+
+
+def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: str = "cpu",
+                    overrides: list[str] | None = None, seed: int = 0,
+                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run 1 warm-up + ``iterations`` training iterations of ``algo`` and summarise their cost.
+
+    Returns:
+        ``{"algorithm", "iterations", "seconds": {phase: {"median", "min"}}, "nfe_per_iteration",
+        "nfe_rollout_per_iteration", "trained_edges_per_iteration", "analytic_ok", "rows_per_second",
+        "peak_memory_mb", "protocol", "rows"}``.
+
+    Raises:
+        ConfigError: a bad override (names the field).
+    """
+    from .models.spec import ModelSpec
+    from .task import get_task
+    from .training.trainer import Trainer, resolve_run_config
+
+    cfg = resolve_run_config(algo, task, model, seed, overrides=overrides, iterations=iterations + 1)
+    spec = ModelSpec.model_validate(cfg["model"])
+    backbone = spec.load(device)
+    t = get_task(cfg.get("task_source", task))
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="alignbench-bench-") as tmp:
+        trainer = Trainer(Path(tmp), cfg, backbone, t)
+        for it in range(iterations + 1):
+            t0 = time.perf_counter()
+            rows.append(trainer.iteration(it))
+            rows[-1]["wall"] = time.perf_counter() - t0
+            if progress:
+                progress(algo, it + 1, iterations + 1)
+    measured = rows[1:]  # the first iteration is the warm-up
+
+    def stat(values: list[float]) -> dict[str, float]:
+        return {"median": float(statistics.median(values)), "min": float(min(values))}
+
+    seconds = {k: stat([r["seconds"][k] for r in measured]) for k in ("total", "rollout", "reward", "update")}
+    mean = lambda k: float(statistics.fmean(r[k] for r in measured))  # noqa: E731
+    return {
+        "algorithm": algo, "iterations": iterations, "seconds": seconds,
+        "nfe_per_iteration": mean("nfe"), "nfe_rollout_per_iteration": mean("nfe_rollout"),
+        "trained_edges_per_iteration": mean("trained_edges"),
+        "plan_nfe_rollout_per_iteration": mean("plan_nfe_rollout"),
+        "plan_trained_edges_per_iteration": mean("plan_trained_edges"),
+        "analytic_ok": all(r["nfe_rollout"] == r["plan_nfe_rollout"] and r["trained_edges"] == r["plan_trained_edges"]
+                           for r in rows),
+        "rows_per_second": float(statistics.median(r["nfe"] / r["seconds"]["total"] for r in measured)),
+        "peak_memory_mb": float(max(r["peak_memory_mb"] for r in rows)),
+        "mfu": None,
+        "protocol": cfg["protocol"],
+        "rows": [{k: r[k] for k in ("iteration", "nfe", "nfe_rollout", "plan_nfe_rollout", "trained_edges",
+                                    "plan_trained_edges", "seconds")} for r in rows],
+    }
+
+
+def render_markdown(result: dict[str, Any]) -> str:
+    """The bench table: one row per algorithm, seconds as median (min), and the ratio to Flow-GRPO."""
+    head = ["algorithm", "s/it median (min)", "rollout s", "reward s", "update s", "NFE/it", "rollout NFE/it",
+            "edges/it", "analytic counts", "rows/s", "peak MB", "÷ flow_grpo"]
+    lines = [f"# bench: {result['model']} on {result['machine']}", "",
+             f"Produced by `{result['command']}` on {result['date']} (alignbench commit {result['commit']}; "
+             f"device {result['device']}, torch {result['torch']}, {result['threads']} threads); "
+             f"{result['iterations']} measured iterations after one warm-up, task {result['task']}. "
+             "Seconds per phase are medians; MFU needs a CUDA device and is not reported here.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    base = next((a for a in result["algorithms"] if a["algorithm"] == "flow_grpo"), None)
+    for a in result["algorithms"]:
+        s = a["seconds"]
+        ratio = f"{s['total']['median'] / base['seconds']['total']['median']:.2f}" if base else "—"
+        lines.append("| " + " | ".join([
+            a["algorithm"], f"{s['total']['median']:.2f} ({s['total']['min']:.2f})", f"{s['rollout']['median']:.2f}",
+            f"{s['reward']['median']:.2f}", f"{s['update']['median']:.2f}", f"{a['nfe_per_iteration']:.0f}",
+            f"{a['nfe_rollout_per_iteration']:.0f}", f"{a['trained_edges_per_iteration']:.0f}",
+            "match" if a["analytic_ok"] else "MISMATCH", f"{a['rows_per_second']:.0f}", f"{a['peak_memory_mb']:.0f}",
+            ratio]) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_bench(result: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
+    """Write ``<out>/<machine>/<model>.json`` and ``.md``; returns both paths."""
+    folder = Path(out) / result["machine"]
+    folder.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = folder / f"{result['model']}.json", folder / f"{result['model']}.md"
+    write_json(jpath, result)
+    atomic_write_text(mpath, render_markdown(result))
+    return jpath, mpath

@@ -1,0 +1,58 @@
+"""`alignbench bench`: seconds, NFE and memory per training iteration of each algorithm."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from ..errors import UserError
+from .common import _progress, _set_threads, console, user_errors
+
+
+@user_errors
+def bench_cmd(
+    model: Annotated[str, typer.Option(help="registered model (tiny-shapes, flux-dev, …) or pkg.module:NAME")] = "tiny-shapes",
+    algo: Annotated[str, typer.Option(help="comma-separated algorithms")] = "flow_grpo,mixgrpo,treegrpo,gardo,tmpo",
+    task: Annotated[str, typer.Option(help="task whose prompts and reward the iterations use")] = "geneval",
+    iterations: Annotated[int, typer.Option(min=1, help="measured iterations per algorithm (after one warm-up)")] = 3,
+    device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override protocol.* or model.* fields (the same for every algorithm)")] = None,
+    out: Annotated[Path, typer.Option(help="root of the bench tables: <out>/<machine>/<model>.json and .md")] = Path("results/bench"),
+    threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
+) -> None:
+    """Measure one training iteration of each algorithm (no evaluation): seconds split into rollout,
+    reward and update (median and min over the iterations after a warm-up), NFE and trained
+    transitions checked against the plan's analytic counts, rows per second, peak memory."""
+    import torch
+
+    from ..bench import bench_algorithm, machine_label, render_markdown, write_bench
+    from ..reporting.rundir import command_line, git_commit
+
+    _set_threads(threads)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device: '{device}' requested but CUDA is not available here; allowed: cpu")
+    names = [a.strip() for a in algo.split(",") if a.strip()]
+    bad = [o for o in (set_ or []) if not o.startswith(("protocol.", "model."))]
+    if bad:
+        raise UserError(f"--set {bad[0]}: bench shares one protocol; allowed sections: protocol, model")
+    results = []
+    with _progress() as bar:
+        tasks: dict[str, int] = {}
+
+        def report(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = bar.add_task(f"bench {name}", total=total, per_step=True)
+            bar.update(tasks[name], completed=done)
+
+        for name in names:
+            results.append(bench_algorithm(name, task, model, iterations, device, set_ or [], progress=report))
+    result = {"model": model, "task": task, "machine": machine_label(device), "device": device,
+              "iterations": iterations, "threads": torch.get_num_threads(), "torch": torch.__version__,
+              "commit": git_commit() or "unknown", "command": command_line(),
+              "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "algorithms": results}
+    jpath, mpath = write_bench(result, out)
+    console.print(render_markdown(result), markup=False)
+    console.print(f"wrote {jpath} and {mpath}", markup=False)
