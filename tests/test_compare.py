@@ -42,6 +42,17 @@ def test_compare_runs_what_is_missing_skips_finished_runs_and_resumes_an_interru
     assert f"alignbench commit(s) {str(commit or 'unknown')[:7]}" in md
     for name in ("pareto_lgmd", "pareto_cosine_diversity", "pareto_seconds_per_iteration", "curves"):
         assert (report / f"{name}.png").stat().st_size > 1000 and (report / f"{name}.svg").exists()
+    # the published run files: the leaderboard over them reproduces LEADERBOARD.md's table exactly
+    published = sorted(p.relative_to(report / "runs").as_posix() for p in (report / "runs").rglob("run.json"))
+    assert published == ["flow_grpo/seed0/run.json", "flow_grpo/seed1/run.json", "mixgrpo/seed0/run.json",
+                         "mixgrpo/seed1/run.json"]
+    row = json.loads((report / "runs" / "flow_grpo" / "seed0" / "eval.jsonl").read_text().splitlines()[0])
+    assert "detections" not in row and {"prompt_index", "image_index", "accuracy", "partial"} <= set(row)
+    again_md = CliRunner().invoke(app, ["leaderboard", "--task", "geneval", "--root", str(report / "runs"),
+                                        "--format", "markdown"])
+    assert again_md.exit_code == 0, again_md.output
+    table = md[md.index("| algorithm"):]
+    assert again_md.output == table
 
     again = CliRunner().invoke(app, [*args, "--set", "protocol.lora_rank=4"])
     assert again.exit_code == 0, again.output

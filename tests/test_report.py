@@ -39,6 +39,12 @@ def test_report_page_has_the_leaderboard_plots_and_before_after_grids(compared, 
     assert (out / "samples" / "flow_grpo_before.png").read_bytes() == (out / "samples" / "mixgrpo_before.png").read_bytes()
     board = json.loads((compared / "geneval" / "leaderboard.json").read_text())
     assert page.count("<tr") == len(board["rows"]) + 1  # header + base model + one per algorithm
+    # without --runs it uses the runs published beside the leaderboard (compare copies their grids)
+    res = CliRunner().invoke(app, ["report", "--task", "geneval", "--results", str(compared / "geneval"),
+                                   "--out", str(tmp_path / "page2")])
+    assert res.exit_code == 0 and "no sample grids" not in res.output, res.output
+    assert (tmp_path / "page2" / "samples" / "mixgrpo_after.png").read_bytes() == \
+        (out / "samples" / "mixgrpo_after.png").read_bytes()
     res = CliRunner().invoke(app, ["report", "--task", "geneval", "--results", str(tmp_path / "none")])
     assert res.exit_code == 2 and "no leaderboard.json" in res.output
 

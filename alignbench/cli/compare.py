@@ -216,5 +216,10 @@ def compare_cmd(
     atomic_write_text(report / "leaderboard.json", lb.to_json(frame))
     title = f"{task_name} on {model}: mean over seeds, 95% bootstrap intervals"
     plots = pareto_plots(frame, report, title) + training_curves(runs, report, f"{task_name} on {model}")
+    from ..reporting.rundir import publish_runs
+
+    published = publish_runs([r.path for r in runs], report / "runs")
     console.print(lb.to_markdown(frame))
-    console.print(f"wrote {report / 'LEADERBOARD.md'}, leaderboard.csv/.json and {len(plots)} plot files")
+    console.print(f"wrote {report / 'LEADERBOARD.md'}, leaderboard.csv/.json, {len(plots)} plot files and the "
+                  f"{len(published)} runs' files under {report / 'runs'} (alignbench leaderboard --task {task_name} "
+                  f"--root {report / 'runs'} reproduces the table)")

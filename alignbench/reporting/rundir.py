@@ -179,3 +179,54 @@ def write_run_json(run_dir: Path, kind: str, config: dict[str, Any], seed: int, 
     write_json(path, {"kind": kind, "status": status, "seed": seed, "config": config,
                       "environment": old.get("environment") or environment(),
                       "started": old.get("started", now), "updated": now, **(extra or {})})
+
+
+#: Files of a run that a published comparison carries, so that ``alignbench leaderboard`` over the
+#: published folder reproduces the leaderboard (the per-image rows are slimmed, see :func:`publish_runs`).
+PUBLISHED_FILES = ("run.json", "eval.json", "eval_base.json", "summary.json", "metrics.jsonl")
+PUBLISHED_ROWS = ("eval.jsonl", "eval_base.jsonl")
+PUBLISHED_GRIDS = ("samples/eval_base_grid.png", "samples/eval_grid.png")
+
+
+def slim_row(row: dict[str, Any]) -> dict[str, Any]:
+    """An evaluation row without its details (detections, readings, reasons): the prompt and image
+    indices, seed, tag and prompt, and every numeric score."""
+    keep = {"prompt_index", "image_index", "seed", "tag", "prompt"}
+    return {k: v for k, v in row.items()
+            if k in keep or (isinstance(v, int | float) and not isinstance(v, bool))}
+
+
+def publish_runs(run_dirs: list[Path], dest: str | Path) -> list[Path]:
+    """Copy the runs of a comparison into ``dest/<algorithm>/seed<k>/``: :data:`PUBLISHED_FILES` and
+    the sample grids (:data:`PUBLISHED_GRIDS`) as they are, and :data:`PUBLISHED_ROWS` with each row slimmed by :func:`slim_row` (every number the
+    leaderboard's paired column compares is kept). ``dest`` is replaced as a whole. Returns the
+    published run folders.
+
+    Raises:
+        FileNotFoundError: a run lacks one of the files.
+    """
+    import shutil
+
+    from ..io import read_jsonl, write_jsonl
+
+    dest = Path(dest)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    out = []
+    for d in run_dirs:
+        meta = json.loads((d / "run.json").read_text())
+        cfg = meta["config"]
+        target = tmp / safe_name(cfg["algorithm"]) / f"seed{int(meta.get('seed', 0))}"
+        target.mkdir(parents=True, exist_ok=True)
+        for f in PUBLISHED_FILES:
+            shutil.copy2(d / f, target / f)
+        for f in PUBLISHED_ROWS:
+            write_jsonl(target / f, [slim_row(r) for r in read_jsonl(d / f)])
+        for f in PUBLISHED_GRIDS:  # the before/after sample grids of alignbench report
+            if (d / f).is_file():
+                (target / f).parent.mkdir(exist_ok=True)
+                shutil.copy2(d / f, target / f)
+        out.append(dest / target.relative_to(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+    return out
