@@ -106,3 +106,26 @@ def test_leaf_to_edge_is_the_mean_over_descendant_leaves():
     # two leaves share edge 0; edge 1 leads to leaf 0, edge 2 to leaf 1
     m = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 1.0]])
     assert leaf_to_edge(m, torch.tensor([2.0, -4.0])).tolist() == [-1.0, 2.0, -4.0]
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(bb):
+    emb = bb.encode_prompts(PROMPTS)
+    ro = execute(bb, tmpo(), emb, [[1, 2, 3], [4, 5, 6]], generator=torch.Generator().manual_seed(0))
+    _perturb(bb, 5)
+    adv = torch.randn(ro.leaves.shape[0], generator=torch.Generator().manual_seed(3))
+    algo = TMPO(TMPO.Config(clip_range=0.2, micro_batch=5, s_max=3, early=(1, 2), late=(1, 3)), _ctx(bb, 27, 5))
+    _zero(bb)
+    plain = accumulate_gradients(bb, algo, ro, emb, adv, reuse_old=False)
+    g_plain = _grads(bb)
+    tr = bb.transformer
+    tr.enable_gradient_checkpointing()
+    try:
+        assert tr.is_gradient_checkpointing
+        _zero(bb)
+        ckpt = accumulate_gradients(bb, algo, ro, emb, adv, reuse_old=False)
+        g_ckpt = _grads(bb)
+    finally:
+        tr.disable_gradient_checkpointing()
+    assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-6)
+    assert g_plain.abs().sum() > 0
+    torch.testing.assert_close(g_ckpt, g_plain, rtol=1e-5, atol=1e-8)
