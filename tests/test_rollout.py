@@ -139,3 +139,17 @@ def test_plans_that_branch_without_noise_are_rejected(bb):
         execute(bb, RolloutPlan(1, [StepSpec("ode", trained=True)]), bb.encode_prompts(PROMPTS[:1]), [[0]])
     with pytest.raises(ValueError, match="unknown kernel 'sde'"):
         execute(bb, RolloutPlan(1, [StepSpec("sde", 0.5)]), bb.encode_prompts(PROMPTS[:1]), [[0]])
+
+
+def test_a_depths_nodes_forwarded_in_one_batch_give_the_log_probs_of_one_by_one(bb):
+    """Every depth's nodes (all prompts, all branches) go through the transformer as one batch; the
+    leaves and log-probs equal those of forwarding the nodes one row at a time."""
+    emb = bb.encode_prompts(PROMPTS)
+    plan = tmpo()
+    one = execute(bb, plan, emb, [[1, 2, 3], [4, 5, 6]], generator=torch.Generator().manual_seed(0), batch_size=1)
+    nfe0 = bb.nfe
+    batched = execute(bb, plan, emb, [[1, 2, 3], [4, 5, 6]], generator=torch.Generator().manual_seed(0),
+                      batch_size=4096)
+    assert bb.nfe - nfe0 == len(PROMPTS) * plan.nfe_per_prompt()  # one row per node: prefixes computed once
+    torch.testing.assert_close(batched.log_prob, one.log_prob, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(batched.leaves, one.leaves, rtol=1e-4, atol=1e-5)
