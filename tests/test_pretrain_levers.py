@@ -181,6 +181,10 @@ def test_probe_runs_every_n_images_and_the_curves_plot(tmp_path, ema):
     assert set(s) >= {"single_object", "colors", "two_object", "counting", "position", "color_attr", "geneval"}
     assert s["colors"]["n"] == 48 and 0 <= s["geneval"]["accuracy"] <= 1
     assert (tmp_path / "a" / "probe" / "images-00000k.png").exists()
+    # a continuation of weights trained elsewhere continues the curve
+    Pretrainer(PretrainConfig(**{**TINY, "ema_decay": ema, "probe": probe, "steps": 2, "images_before": 16}),
+               tmp_path / "b").run()
+    assert [r["images"] for r in read_curves(tmp_path / "b")] == [24]
     tags = plot_curves([tmp_path / "a"], tmp_path / "curves.png",
                        references={"shipped": {"single_object": {"accuracy": 0.375}}})
     assert "single_object" in tags and (tmp_path / "curves.png").stat().st_size > 0

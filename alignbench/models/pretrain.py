@@ -118,6 +118,9 @@ class PretrainConfig(StrictModel):
                                  "latent cell's squared error is weighted by 1 + λ·(its object + sign-ink coverage), "
                                  "weights normalised to mean 1 over the batch, so that the small objects are not "
                                  "drowned by the background (needs the renderer's label maps, like align_weight)")
+    images_before: int = Field(0, ge=0, description="images the init_from weights were already trained on (a "
+                               "continuation across machines); added to the images seen of probe.jsonl so that "
+                               "the learning curve continues")
     probe: ProbeConfig = Field(default_factory=ProbeConfig, description="the dev probe (train-split prompts, EMA "
                                "weights) logged to probe.jsonl every probe.every images")
 
@@ -674,7 +677,7 @@ class Pretrainer:
             for n in self._FLOW_MODELS:
                 getattr(pipe, n).load_state_dict(self.ema[n], strict=False)
         summary, _ = self.probe.run(pipe, self.device)
-        images = self.step * self.cfg.batch
+        images = self.cfg.images_before + self.step * self.cfg.batch
         row = {"images": images, "step": self.step, "ema": self.ema is not None, "summary": summary}
         with open(self.out / "probe.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
