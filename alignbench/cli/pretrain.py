@@ -78,7 +78,7 @@ def pretrain_cmd(
                 parts = [f"{t} {v['accuracy']:.2f}" for t, v in pr.items() if isinstance(v, dict) and "accuracy" in v]
                 if "ocr" in pr:
                     parts.append(f"ocr {pr['ocr']['ocr']:.2f}")
-                bar.console.print(f"probe at {step * cfg.batch:,} images: " + ", ".join(parts))
+                bar.console.print(f"probe at {row['images']:,} images: " + ", ".join(parts))
                 return
             label = {"vae": "VAE", "encode": "encode pool", "flow": "transformer"}[phase]
             if phase not in tasks:

@@ -695,7 +695,7 @@ class Pretrainer:
         Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
             self.out / "probe" / f"images-{images // 1000:05d}k.png")
         self.timing["probe_seconds"] += time.perf_counter() - t0
-        self.progress("probe", self.step, self.cfg.steps, {"probe": summary})
+        self.progress("probe", self.step, self.cfg.steps, {"probe": summary, "images": images})
         return row
 
     def _finish(self) -> dict:
