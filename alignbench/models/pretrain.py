@@ -571,7 +571,7 @@ class Pretrainer:
         cache = self.out / "cache" / "pool.pt"
         want_labels = cfg.align_weight > 0 or cfg.object_weight > 0
         if cache.exists():
-            data = torch.load(cache, weights_only=True)
+            data = load_checkpoint_file(cache)
             if not want_labels or data.get("labels") is not None:
                 self.latents, self.prompts = data["latents"], data["prompts"]
                 self.labels = data.get("labels")

@@ -181,7 +181,7 @@ class Trainer:
                  base_cache: Path | None = None):
         from accelerate import Accelerator
 
-        from ..reporting.trackers import RunTrackers, trackers_for
+        from ..reporting.trackers import trackers_for
 
         self.run_dir, self.config, self.backbone, self.task = Path(run_dir), config, backbone, task
         if config.get("streams", 1) != RNG_STREAMS:
@@ -191,7 +191,6 @@ class Trainer:
         log_with = trackers_for(report_to)
         self.acc = accelerator or Accelerator(cpu=backbone.device.type == "cpu", log_with=log_with or None,
                                               project_dir=str(self.run_dir / "trackers") if log_with else None)
-        self._trackers = (RunTrackers, config)  # started in run(), once the configuration is checked
         self.progress = progress or (lambda *a: None)
         self.base_cache = base_cache
         self.protocol = ProtocolConfig.model_validate(config["protocol"])
@@ -484,8 +483,9 @@ class Trainer:
         t0 = time.perf_counter()
         base = self._evaluate("eval_base")
         t_base = time.perf_counter() - t0
-        cls, config = self._trackers
-        trackers = cls(self.acc, self.run_dir, config)
+        from ..reporting.trackers import RunTrackers
+
+        trackers = RunTrackers(self.acc, self.run_dir, self.config)
         trackers.log_eval("eval_base", base, self.run_dir / "samples" / "eval_base_grid.png", step=0)
         self.progress("start", (done, self.protocol.iterations))
         for it in range(done, self.protocol.iterations):
