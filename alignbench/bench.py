@@ -55,13 +55,12 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
         ConfigError: a bad override (names the field).
     """
     from .models.spec import ModelSpec
-    from .task import get_task
-    from .training.trainer import Trainer, resolve_run_config
+    from .training.trainer import Trainer, resolve_run_config, task_for_run
 
     cfg = resolve_run_config(algo, task, model, seed, overrides=overrides, iterations=iterations + 1)
     spec = ModelSpec.model_validate(cfg["model"])
     backbone = spec.load(device)
-    t = get_task(cfg.get("task_source", task))
+    t = task_for_run(cfg, device)
     rows = []
     with tempfile.TemporaryDirectory(prefix="alignbench-bench-") as tmp:
         trainer = Trainer(Path(tmp), cfg, backbone, t)

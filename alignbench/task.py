@@ -61,6 +61,21 @@ class Task:
         self.name = spec.name
         self.description = spec.description
         self._rewards: dict[str, Any] = {}
+        self.reward_options: dict[str, Any] = {}
+
+    def with_reward_options(self, options: dict[str, Any] | None) -> Task:
+        """A copy of this task whose rewards are built with ``options`` (the run config's ``reward``
+        section, :class:`~alignbench.rewards.pretrained.RewardOptions`); rewards that take no
+        options (the embedded world's) accept only the defaults.
+
+        Raises:
+            ConfigError: ``options`` has an unknown field or a bad value (names ``reward.<field>``).
+        """
+        from .rewards.pretrained import RewardOptions
+
+        task = Task(self.spec, self.root)
+        task.reward_options = validate(RewardOptions, dict(options or {}), prefix="reward").model_dump()
+        return task
 
     def __repr__(self) -> str:
         return f"Task({self.name!r}, domains={list(self.spec.domains)})"
@@ -79,8 +94,9 @@ class Task:
     def reward(self, domain: str = "shapes") -> Any:
         """The task's reward for ``domain`` (instantiated once, lazily)."""
         if domain not in self._rewards:
-            factory = registry.rewards.get(self.domain(domain).reward)
-            self._rewards[domain] = factory()
+            name = self.domain(domain).reward
+            factory = registry.rewards.get(name)
+            self._rewards[domain] = make_reward(factory, name, self.reward_options)
         return self._rewards[domain]
 
     def prompt_file(self, split: str, domain: str = "shapes") -> Path:
@@ -96,6 +112,32 @@ class Task:
     def prompts(self, split: str, domain: str = "shapes") -> list[dict]:
         """Metadata records of a split, validated by the domain's reward."""
         return load_metadata(self.prompt_file(split, domain), self.reward(domain))
+
+
+def make_reward(factory: Any, name: str, options: dict[str, Any] | None = None) -> Any:
+    """Instantiate a registered reward: factories with an ``options`` parameter (or
+    :class:`~alignbench.rewards.pretrained.PretrainedReward` classes) receive ``options``; others are
+    called without arguments and accept only default options.
+
+    Raises:
+        ConfigError: non-default options for a reward that takes none (names the field).
+    """
+    import inspect
+
+    from .rewards.pretrained import RewardOptions
+
+    try:
+        takes = "options" in inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        takes = False
+    if takes:
+        return factory(options=options or {})
+    defaults = RewardOptions().model_dump()
+    for key, value in (options or {}).items():
+        if key != "device" and value != defaults.get(key):
+            raise ConfigError(f"reward.{key}: reward '{name}' takes no options (it has no weights to load); "
+                              "remove the setting")
+    return factory()
 
 
 def load_metadata(path: str | Path, reward: Any = None) -> list[dict]:

@@ -30,7 +30,7 @@ def eval_cmd(
     max_prompts: Annotated[int | None, typer.Option(min=1, help="first N prompts only")] = None,
     out: Annotated[Path, typer.Option(help="root of run directories")] = Path("results/runs"),
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
-    set_: Annotated[list[str] | None, typer.Option("--set", help="override a model field, e.g. --set model.source=/path/to/FLUX.1-dev")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a model or reward field, e.g. --set model.source=/path/to/FLUX.1-dev, --set reward.source=DIR")] = None,
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
 ) -> None:
     """Evaluate a model (no training) with the evaluation protocol; writes a run directory."""
@@ -42,13 +42,13 @@ def eval_cmd(
     from ..task import get_task
 
     overrides = apply_overrides({}, set_ or [])
-    unknown = sorted(set(overrides) - {"model"})
+    unknown = sorted(set(overrides) - {"model", "reward"})
     if unknown:
-        raise UserError(f"--set {unknown[0]}: unknown section; allowed: model")
+        raise UserError(f"--set {unknown[0]}: unknown section; allowed: model, reward")
     if split not in ("train", "test"):
         raise UserError(f"--split: '{split}' is not allowed; allowed: test, train")
     spec = get_model(model, **overrides.get("model", {}))
-    t = get_task(task)
+    t = get_task(task).with_reward_options({"device": device, **overrides.get("reward", {})})
     t.domain(spec.domain)
     from ..evaluation import eval_preset
 

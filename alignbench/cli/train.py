@@ -126,14 +126,13 @@ def _train_locked(cfg: dict, run_dir: Path, backbone, fresh: bool, label: str | 
     """The body of :func:`_train`, run while this process holds the run directory's lock; only the
     main process (``main``) writes ``run.json`` and shows progress."""
     from ..reporting.rundir import write_run_json as _write_run_json
-    from ..task import get_task
-    from ..training.trainer import NonFiniteError, Trainer
+    from ..training.trainer import NonFiniteError, Trainer, task_for_run
 
     def write_run_json(*args, **kwargs) -> None:
         if main:
             _write_run_json(*args, **kwargs)
 
-    t = get_task(cfg.get("task_source", cfg["task"]))
+    t = task_for_run(cfg, backbone.device)
     name = label or f"{cfg['algorithm']} {t.name}"
     write_run_json(run_dir, "train", cfg, cfg["seed"], "running")
     with _progress(disable=not main) as bar:

@@ -7,3 +7,10 @@ from ..registry import rewards
 
 rewards.register("geneval-shapes", lazy="alignbench.rewards.shapes:shapes_geneval_reward")
 rewards.register("ocr", lazy="alignbench.rewards.ocr:OcrReward")
+# natural-image rewards with published weights (alignbench.rewards.pretrained); each takes the
+# run's ``reward`` options (source, revision, device, dtype, batch_size, formula)
+rewards.register("pickscore", lazy="alignbench.rewards.pretrained:PickScoreReward")
+rewards.register("hpsv2", lazy="alignbench.rewards.pretrained:HPSv21Reward")
+rewards.register("imagereward", lazy="alignbench.rewards.pretrained:ImageRewardReward")
+rewards.register("clipscore", lazy="alignbench.rewards.pretrained:CLIPScoreReward")
+rewards.register("aesthetic", lazy="alignbench.rewards.pretrained:AestheticReward")

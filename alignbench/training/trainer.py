@@ -71,7 +71,7 @@ PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
                  "lora_alpha": 128.0, "rollout_batch": 16, "gradient_checkpointing": True},
 }
 
-SECTIONS = ("algo", "protocol", "eval", "model")
+SECTIONS = ("algo", "protocol", "eval", "model", "reward")
 
 #: Version of the trainer's random streams, recorded in every run config as ``streams``. 2 (commit
 #: d0fe57c on): prompts from a stream of their own and SDE noise keyed per (iteration, prompt place, step,
@@ -133,8 +133,12 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
     eval_data = deep_merge(EvalConfig().model_dump(), eval_preset(spec.name, t.name))
     eval_cfg = validate(EvalConfig, deep_merge(deep_merge(eval_data, file_data.get("eval", {})),
                                                set_data.get("eval", {})), prefix="eval")
+    from ..rewards.pretrained import RewardOptions
+
+    reward_cfg = validate(RewardOptions, deep_merge(file_data.get("reward", {}), set_data.get("reward", {})),
+                          prefix="reward")
     weights = protocol.reward_weights or {t.domain(spec.domain).train_reward: 1.0}
-    keys = tuple(t.reward(spec.domain).keys)
+    keys = reward_keys(t, spec.domain, reward_cfg.model_dump())
     for k in weights:
         if k not in keys:
             raise ConfigError(f"protocol.reward_weights: '{k}' is not a sub-score of the task's reward; "
@@ -144,7 +148,31 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
     source = str(Path(task).resolve()) if task.endswith((".yaml", ".yml")) else task
     return {"algorithm": algo, "task": t.name, "task_source": source, "seed": seed, "streams": RNG_STREAMS,
             "model": spec.model_dump(),
-            "protocol": protocol.model_dump(), "eval": eval_cfg.model_dump(), "algo": algo_cfg.model_dump(mode="json")}
+            "protocol": protocol.model_dump(), "eval": eval_cfg.model_dump(), "algo": algo_cfg.model_dump(mode="json"),
+            "reward": reward_cfg.model_dump()}
+
+
+def reward_keys(task, domain: str, options: dict[str, Any] | None = None) -> tuple[str, ...]:
+    """Sub-score names of ``task``'s reward for ``domain``, read from the reward class when it
+    declares them (so that resolving a config loads no reward weights), else from an instance."""
+    from ..registry import rewards
+
+    factory = rewards.get(task.domain(domain).reward)
+    declared = getattr(factory, "keys", None)
+    if isinstance(declared, tuple) and declared:
+        return declared
+    return tuple(task.with_reward_options(options).reward(domain).keys)
+
+
+def task_for_run(config: dict[str, Any], device: str | torch.device | None = None):
+    """The task of a resolved run config, its rewards built with the config's ``reward`` options
+    (a reward device left unset follows ``device``, the run's)."""
+    from ..task import get_task
+
+    options = dict(config.get("reward") or {})
+    if not options.get("device") and device is not None:
+        options["device"] = str(device)
+    return get_task(config.get("task_source", config["task"])).with_reward_options(options)
 
 
 def _peak_memory_mb(device: torch.device) -> float:
