@@ -81,6 +81,9 @@ class FlowGRPO(Algorithm):
         # Embedded backbone (10 train steps): the SD3.5 GenEval/OCR settings (η 0.7, β 0.04), a
         # learning rate for the 2.3M-parameter transformer's LoRA, EMA every step (short runs).
         "tiny-shapes": {"eta": 0.7, "kl_beta": 0.04, "lr": 3e-4, "ema_every": 1, "clip_range": 1e-3},
+        # SD3.5-Medium (Flow-GRPO's main recipe): η 0.7, β 0.04 for GenEval/OCR and 0.01 for PickScore
+        "sd3.5-medium": {"eta": 0.7, "kl_beta": 0.04},
+        "sd3.5-medium:pickscore": {"kl_beta": 0.01},
     }
 
     def plan(self, progress: Progress, rng: np.random.Generator) -> RolloutPlan:

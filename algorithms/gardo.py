@@ -159,6 +159,7 @@ class GARDO(Algorithm):
     reference = "snapshot"
     presets = {
         "tiny-shapes": {"eta": 0.7, "lr": 3e-4, "ema_every": 1, "clip_range": 1e-3},
+        "sd3.5-medium": {"eta": 0.7},  # GARDO keeps Flow-GRPO's SD3.5 sampler
         "task:geneval": {"kl_beta": 0.07},
     }
 

@@ -94,6 +94,8 @@ class MixGRPO(Algorithm):
         # Embedded backbone: 10 train steps, so w = 4 leaves l_max = 5; a 40-iteration run moves the
         # window every 8 iterations; learning rate for the small LoRA.
         "tiny-shapes": {"shift_every": 8, "lr": 3e-4, "ema_every": 1, "clip_range": 1e-3},
+        # SD3.5 (paper): T = 10 steps, w = 4, τ = 150, η 0.7
+        "sd3.5-medium": {"window": 4, "shift_every": 150, "eta": 0.7},
     }
 
     def window_start(self, progress: Progress, rng: np.random.Generator) -> int:

@@ -169,6 +169,9 @@ class TMPO(Algorithm):
         # a β ramp and EMA interval that fit runs of tens of iterations.
         "tiny-shapes": {"s_max": 8, "early": (1, 3, 5), "late": (1, 5, 8), "lr": 3e-4, "beta_warmup": 20,
                         "ema_every": 1},
+        # SD3.5-Medium, 10 train steps: the same stretch of the FLUX layout (the paper gives FLUX's only)
+        "sd3.5-medium": {"s_max": 8, "early": (1, 3, 5), "late": (1, 5, 8)},
+        "task:pickscore": {"lr": 5e-5, "grad_clip": 0.3},  # paper: PickScore lr 5e-5, grad clip 0.3
     }
 
     def __init__(self, config, ctx):

@@ -119,6 +119,7 @@ class TreeGRPO(Algorithm):
     presets = {
         # Embedded backbone: η 0.7 (Flow-GRPO's SD3.5 value) and a learning rate for the small LoRA.
         "tiny-shapes": {"eta": 0.7, "lr": 3e-4, "ema_every": 1, "clip_range": 1e-3},
+        "sd3.5-medium": {"eta": 0.7},  # Flow-GRPO's SD3.5 noise level (TreeGRPO reports FLUX/SD3.5 alike)
     }
 
     def window_start(self, progress: Progress, rng: np.random.Generator) -> int:

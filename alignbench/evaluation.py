@@ -37,6 +37,8 @@ class EvalConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (smoke tests)")
     batch_size: int = Field(128, ge=1, description="images per transformer forward")
     grid_prompts: int = Field(8, ge=1, description="prompts in the sample grid (× images_per_prompt, max 4)")
+    features_source: str | None = Field(None, description="natural-image diversity features: DINOv2 Hub id or "
+                                        "local directory (default facebook/dinov2-large); unused on shapes")
 
 
 #: Evaluation presets per (model, task) on top of :class:`EvalConfig`'s defaults. The embedded tasks
@@ -166,7 +168,7 @@ def evaluate(backbone, task, cfg: EvalConfig, eval_steps: int,
     from .metrics.diversity import cosine_diversity, vendi_score
     from .metrics.features import feature_extractor
 
-    feats = feature_extractor(domain)(images_np)
+    feats = feature_extractor(domain, cfg.features_source, str(getattr(backbone, 'device', 'cpu')))(images_np)
     per_prompt_cos = [cosine_diversity(feats[span[p]]) for p in range(len(records))]
     per_prompt_vendi = [vendi_score(feats[span[p]]) for p in range(len(records))]
     for r in rows:

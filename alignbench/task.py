@@ -44,7 +44,8 @@ class TaskSpec(StrictModel):
 
     name: str
     description: str
-    format: Literal["geneval", "ocr"] = Field(description="metadata format of the prompt files")
+    format: Literal["geneval", "ocr", "prompt"] = Field(description="metadata format of the prompt files "
+                                                         "(prompt: records need only a 'prompt' string)")
     domains: dict[Literal[DOMAINS], DomainSpec] = Field(min_length=1)  # type: ignore[valid-type]
 
 

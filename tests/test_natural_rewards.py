@@ -23,6 +23,7 @@ from alignbench.rewards.pretrained import (  # noqa: E402
     RewardOptions,
     aesthetic_mlp,
     clip_tokenizer_offline,
+    save_tiny_clip_reward,
 )
 
 PROMPTS = ["a photo of a red cat", "two dogs on a green sofa", "a sign that says \"hello\""]
@@ -48,27 +49,9 @@ def test_offline_clip_tokenizer_matches_open_clip(clip_tokenizer):
     assert ids == ref[: len(ids)].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
 
 
-def _tiny_clip(tmp_path, clip_tokenizer, name="clip"):
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
-
-    torch.manual_seed(0)
-    cfg = CLIPConfig(
-        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
-                         pad_token_id=49407),
-        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
-                           num_attention_heads=4),
-        projection_dim=16)
-    model = CLIPModel(cfg).eval()
-    with torch.no_grad():
-        model.logit_scale.fill_(np.log(50.0))
-    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
-                                                            crop_size={"height": 32, "width": 32}),
-                         tokenizer=clip_tokenizer)
+def _tiny_clip(tmp_path, clip_tokenizer=None, name="clip"):
     out = tmp_path / name
-    model.save_pretrained(out)
-    proc.save_pretrained(out)
-    return out, model, proc
+    return out, save_tiny_clip_reward(out), None
 
 
 def _clip_cos(model, src, images, prompts):

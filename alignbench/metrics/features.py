@@ -62,8 +62,9 @@ def dinov2_features(source: str = "facebook/dinov2-large", device: str = "cpu") 
     return extract
 
 
-def feature_extractor(domain: str) -> Callable[[np.ndarray], torch.Tensor]:
-    """The feature extractor of a model domain (``shapes`` or ``natural``).
+def feature_extractor(domain: str, source: str | None = None, device: str = "cpu") -> Callable[[np.ndarray], torch.Tensor]:
+    """The feature extractor of a model domain (``shapes`` or ``natural``); ``source`` and ``device``
+    choose the natural domain's DINOv2 (default ``facebook/dinov2-large``, CPU).
 
     Raises:
         ValueError: unknown domain (lists the known ones).
@@ -71,7 +72,7 @@ def feature_extractor(domain: str) -> Callable[[np.ndarray], torch.Tensor]:
     if domain == "shapes":
         return pooled_pixels
     if domain == "natural":
-        return dinov2_features()
+        return dinov2_features(source or "facebook/dinov2-large", device)
     raise ValueError(f"domain: no feature extractor for '{domain}'; allowed: shapes, natural")
 
 

@@ -283,3 +283,128 @@ class FluxBackbone:
         """A detached copy of the adapter's parameters, {name: tensor} (names as in
         ``transformer.named_parameters()``)."""
         return {n: p.detach().clone() for n, p in self.transformer.named_parameters() if "lora_" in n}
+
+
+#: Stable Diffusion 3/3.5: the joint-attention projections of every MM-DiT block (image and text
+#: streams), the LoRA target set of Flow-GRPO's SD3.5 recipe.
+LORA_TARGETS["sd3"] = ["attn.to_q", "attn.to_k", "attn.to_v", "attn.to_out.0", "attn.add_q_proj", "attn.add_k_proj",
+                       "attn.add_v_proj", "attn.to_add_out"]
+
+
+def pack_latents(z: torch.Tensor) -> torch.Tensor:
+    """[N, C, h, w] → [N, (h/2)·(w/2), 4C]: 2×2 patches as tokens, channel-major within a token (the
+    layout FLUX packs into), so that every backbone hands the engine [N, T, C] latents."""
+    n, c, h, w = z.shape
+    return z.view(n, c, h // 2, 2, w // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(n, (h // 2) * (w // 2), c * 4)
+
+
+def unpack_latents(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`pack_latents`: [N, (h/2)·(w/2), 4C] → [N, C, h, w]."""
+    n, _, d = x.shape
+    c = d // 4
+    return x.view(n, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(n, c, h, w)
+
+
+class SD3Backbone(FluxBackbone):
+    """Adapter over a diffusers ``StableDiffusion3Pipeline`` (SD3, SD3.5-Medium/Large), driving its
+    own components: ``encode_prompt`` (two CLIP encoders and T5), ``prepare_latents``, the scheduler's
+    σ grid (``set_timesteps(num_steps)`` as the pipeline calls it: static shift 3 for SD3.5), the
+    ``SD3Transformer2DModel`` (timestep σ·1000, as the pipeline passes it) and the VAE.
+
+    The engine sees the same packed [N, T, C] latents as with FLUX (:func:`pack_latents` of the
+    [N, 16, h, w] VAE latents); classifier-free guidance is ``true_cfg_scale`` with the empty
+    negative prompt, as the pipeline's ``guidance_scale`` (SD3.5-Medium: 4.5).
+
+    Args: as :class:`FluxBackbone` (``guidance_scale`` is unused: SD3 has no guidance embedding).
+    """
+
+    family = "sd3"
+
+    def __init__(self, pipe, height: int, width: int, max_sequence_length: int = 256, guidance_scale: float = 1.0,
+                 device: str | torch.device = "cpu", true_cfg_scale: float = 1.0):
+        self.pipe = pipe
+        self.device = torch.device(device)
+        pipe.to(self.device)
+        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.transformer):
+            if module is not None:
+                module.requires_grad_(False)
+                module.eval()
+        pipe.set_progress_bar_config(disable=True)
+        self.height, self.width = height, width
+        self.max_sequence_length = max_sequence_length
+        self.guidance_scale = guidance_scale
+        if true_cfg_scale < 1:
+            raise ValueError(f"true_cfg_scale must be >= 1 (1 = no guidance), got {true_cfg_scale}")
+        self.true_cfg_scale = float(true_cfg_scale)
+        self.dtype = pipe.transformer.dtype
+        f = pipe.vae_scale_factor
+        if height % (2 * f) or width % (2 * f):
+            raise ValueError(f"height and width must be multiples of {2 * f}, got {height}×{width}")
+        self.latent_h, self.latent_w = height // f, width // f
+        self.latent_channels = pipe.transformer.config.in_channels
+        self._cache = {}
+        self.nfe = 0
+        self._override = None
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeds:
+        """Embeddings via ``StableDiffusion3Pipeline.encode_prompt`` (CLIP-L and CLIP-G pooled and
+        sequence outputs joined with T5's, as the pipeline does), cached per prompt:
+        prompt_embeds [N, 77 + L_t5, D], pooled [N, D_p]."""
+        missing = list(dict.fromkeys(p for p in prompts if p not in self._cache))
+        if missing:
+            pe, _, pooled, _ = self.pipe.encode_prompt(missing, None, None, device=self.device,
+                                                       do_classifier_free_guidance=False,
+                                                       max_sequence_length=self.max_sequence_length)
+            for i, p in enumerate(missing):
+                self._cache[p] = (pe[i], pooled[i])
+        pe = torch.stack([self._cache[p][0] for p in prompts])
+        pooled = torch.stack([self._cache[p][1] for p in prompts])
+        return PromptEmbeds(pe, pooled, torch.zeros(pe.shape[1], 3, device=self.device, dtype=self.dtype))
+
+    def sigmas(self, num_steps: int) -> torch.Tensor:
+        """The scheduler's σ grid as ``StableDiffusion3Pipeline`` sets it (``set_timesteps(num_steps)``;
+        SD3.5's static shift 3: σ = 3s/(1 + 2s) of a uniform s grid): float64 [num_steps + 1], 1 → 0.
+
+        Raises:
+            ValueError: ``num_steps`` < 1.
+        """
+        if num_steps < 1:
+            raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+        import copy
+
+        sched = copy.deepcopy(self.pipe.scheduler)
+        sched.set_timesteps(num_steps, device="cpu")
+        return sched.sigmas.to(torch.float64)
+
+    def initial_noise(self, seeds: Sequence[int]) -> torch.Tensor:
+        """Packed x₁ ~ N(0, I) from ``pipe.prepare_latents`` with one generator per seed: [N, T, C]."""
+        gens = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
+        z = self.pipe.prepare_latents(len(gens), self.latent_channels, self.height, self.width, torch.float32,
+                                      torch.device("cpu"), gens)
+        return pack_latents(z).to(self.device)
+
+    def _forward(self, x: torch.Tensor, sigma: torch.Tensor | float, embeds: PromptEmbeds) -> torch.Tensor:
+        n = x.shape[0]
+        sigma = torch.as_tensor(sigma, device=self.device, dtype=torch.float32).expand(n)
+        self.nfe += n
+        kwargs = dict(hidden_states=unpack_latents(x.to(self.dtype), self.latent_h, self.latent_w),
+                      timestep=(sigma * 1000).to(self.dtype), encoder_hidden_states=embeds.prompt_embeds,
+                      pooled_projections=embeds.pooled, return_dict=False)
+        if self._override is not None:
+            out = torch.func.functional_call(self.transformer, self._override, args=(), kwargs=kwargs)[0]
+        else:
+            out = self.transformer(**kwargs)[0]
+        return pack_latents(out.float())
+
+    @torch.no_grad()
+    def decode(self, latents: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+        """Images float [N, 3, H, W] in [0, 1]: unpack, z/scaling + shift, ``vae.decode``, postprocess."""
+        vae = self.pipe.vae
+        out = []
+        for chunk in latents.split(batch_size):
+            z = unpack_latents(chunk.to(self.dtype), self.latent_h, self.latent_w)
+            z = z / vae.config.scaling_factor + (vae.config.shift_factor or 0.0)
+            img = vae.decode(z.to(vae.dtype), return_dict=False)[0]
+            out.append(self.pipe.image_processor.postprocess(img, output_type="pt").float())
+        return torch.cat(out)

@@ -102,3 +102,49 @@ def build_tiny_pipeline(cfg: TinyFluxConfig | None = None, seed: int = 0) -> Flu
 def count_parameters(module: torch.nn.Module) -> int:
     """Number of parameters of ``module``."""
     return sum(p.numel() for p in module.parameters())
+
+
+def build_tiny_sd3_pipeline(image_size: int = 32, text_dim: int = 32, seed: int = 0):
+    """A randomly initialised tiny ``StableDiffusion3Pipeline`` (fp32, CPU) with SD3.5's component
+    classes (``SD3Transformer2DModel``, ``AutoencoderKL`` with scaling and shift, two
+    ``CLIPTextModelWithProjection`` encoders and a ``T5EncoderModel``, ``FlowMatchEulerDiscreteScheduler``
+    with SD3.5's static shift 3), for tests and CPU benchmarks of the sd3 adapter. The tokenizers are
+    the embedded world's (other words map to ``<unk>``).
+
+    Args:
+        image_size: image side in pixels (the VAE downsamples 4×; a multiple of 8).
+        text_dim: hidden size of the CLIP encoders; T5's is twice that (≥ the two CLIPs joined).
+        seed: seeds every initialisation.
+    """
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection
+
+    vocab = world_vocabulary()
+    pad, _, bos, eos = (vocab.index(s) for s in SPECIALS)
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 3,
+        up_block_types=("UpDecoderBlock2D",) * 3, block_out_channels=(8, 16, 16), layers_per_block=1,
+        latent_channels=4, norm_num_groups=8, sample_size=image_size, scaling_factor=1.5305, shift_factor=0.0609,
+        use_quant_conv=False, use_post_quant_conv=False, mid_block_add_attention=False)
+
+    def clip_encoder() -> CLIPTextModelWithProjection:
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(vocab), hidden_size=text_dim, intermediate_size=2 * text_dim, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=20, pad_token_id=pad, bos_token_id=bos, eos_token_id=eos,
+            projection_dim=text_dim))
+
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(vocab), d_model=2 * text_dim, d_kv=text_dim // 2, d_ff=2 * text_dim, num_layers=1, num_heads=4,
+        relative_attention_num_buckets=8, relative_attention_max_distance=20, feed_forward_proj="gated-gelu",
+        pad_token_id=pad, eos_token_id=eos, decoder_start_token_id=pad, is_encoder_decoder=False, use_cache=False,
+        dropout_rate=0.0))
+    transformer = SD3Transformer2DModel(
+        sample_size=image_size // 4, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, joint_attention_dim=2 * text_dim, caption_projection_dim=32,
+        pooled_projection_dim=2 * text_dim, pos_embed_max_size=image_size // 4)
+    scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    tok, tok3 = build_tokenizers(20)
+    return StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler, vae=vae, text_encoder=clip_encoder(),
+                                    tokenizer=tok, text_encoder_2=clip_encoder(), tokenizer_2=tok,
+                                    text_encoder_3=t5, tokenizer_3=tok3)

@@ -90,6 +90,10 @@ def tile_for(fmt: str, image: np.ndarray, record: dict, details: dict) -> Tile:
         caption = [record["prompt"],
                    f"acc {details['accuracy']:.0f}  strict {details['strict']:.0f}  partial {details['partial']:.2f}"]
         return Tile(image, caption, boxes, bool(details["accuracy"]))
+    if fmt == "prompt":  # a scalar reward model: its scores, no verdict
+        scores = "  ".join(f"{k} {v:.3f}" for k, v in details.items()
+                           if isinstance(v, float) and k not in ("seed", "prompt_index", "image_index"))
+        return Tile(image, [record["prompt"], scores], [], False)
     boxes = [(r["box"], r["text"]) for r in details["readings"]]
     caption = [record["prompt"], f"read '{details['recognized']}'  reward {details['ocr']:.2f}"]
     return Tile(image, caption, boxes, bool(details["exact"]))

@@ -17,6 +17,7 @@ weights are loaded through the libraries they wrap: transformers' BLIP classes (
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
@@ -495,3 +496,32 @@ class ImageRewardReward(PretrainedReward):
 NATURAL_REWARDS: dict[str, type[PretrainedReward]] = {
     cls.name: cls for cls in (PickScoreReward, HPSv21Reward, ImageRewardReward, CLIPScoreReward, AestheticReward)}
 
+
+
+def save_tiny_clip_reward(out: str | Path, seed: int = 0, logit_scale: float = 50.0):
+    """Save a tiny random CLIP model with its processor (the offline 49,408-token tokenizer, 32-px
+    images) to ``out``, laid out as PickScore's and CLIP score's ``reward.source`` directories: for
+    tests and CPU runs of the natural-image path without the Hub.
+
+    Returns:
+        The ``CLIPModel`` (eval mode) that was saved.
+    """
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    torch.manual_seed(seed)
+    cfg = CLIPConfig(
+        text_config=dict(vocab_size=49408, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407,
+                         pad_token_id=49407),
+        vision_config=dict(image_size=32, patch_size=8, hidden_size=32, intermediate_size=48, num_hidden_layers=2,
+                           num_attention_heads=4),
+        projection_dim=16)
+    model = CLIPModel(cfg).eval()
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(logit_scale))
+    proc = CLIPProcessor(image_processor=CLIPImageProcessor(size={"shortest_edge": 32},
+                                                            crop_size={"height": 32, "width": 32}),
+                         tokenizer=clip_tokenizer_offline())
+    model.save_pretrained(out)
+    proc.save_pretrained(out)
+    return model

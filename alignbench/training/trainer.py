@@ -69,6 +69,9 @@ PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
     "tiny-shapes": {},
     "flux-dev": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 27, "lora_rank": 64,
                  "lora_alpha": 128.0, "rollout_batch": 16, "gradient_checkpointing": True},
+    # Flow-GRPO's SD3.5-Medium recipe: 24 images per prompt, LoRA r = 32, α = 64 (train_sd3.py)
+    "sd3.5-medium": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 24, "lora_rank": 32,
+                     "lora_alpha": 64.0, "rollout_batch": 16, "gradient_checkpointing": True},
 }
 
 SECTIONS = ("algo", "protocol", "eval", "model", "reward")
@@ -258,7 +261,7 @@ class Trainer:
         if cls.needs_features:
             from ..metrics.features import feature_extractor
 
-            self.features = feature_extractor(domain)
+            self.features = feature_extractor(domain, self.eval_cfg.features_source, str(backbone.device))
         self.rows: list[dict[str, Any]] = []
         self.start_iteration_done = 0  # iterations covered by the checkpoint on disk
 
