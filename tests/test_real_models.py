@@ -175,12 +175,12 @@ def test_every_algorithm_runs_two_iterations_on_a_real_architecture(tmp_path, mo
         assert (run_json.parent / "samples" / "eval_grid.png").is_file()
 
 
-def test_offline_hub_model_is_one_line_naming_the_repository(tmp_path, monkeypatch):
+def test_offline_hub_model_is_one_line_naming_the_repository(tmp_path, monkeypatch, pick_task):
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    res = CliRunner().invoke(app, ["run", "--algo", "tmpo", "--task", "geneval", "--model", "sd3.5-medium",
+    res = CliRunner().invoke(app, ["run", "--algo", "tmpo", "--task", str(pick_task[0]), "--model", "sd3.5-medium",
                                    "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert "stabilityai/stable-diffusion-3.5-medium" in res.output and "Traceback" not in res.output
