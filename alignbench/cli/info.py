@@ -47,14 +47,15 @@ def show_cmd(kind: Annotated[str, typer.Argument(help="algorithm, task, model or
              name: Annotated[str, typer.Argument(help="registered name or pkg.module:Name")]) -> None:
     """Show one registered entry in detail."""
     from ..registry import registry_for
-    from ..task import get_task
+    from ..task import get_task, load_metadata
 
     reg = registry_for(kind)
     obj = get_task(name) if reg.kind == "task" else reg.get(name)
     console.print(f"[bold]{reg.kind} {name}[/bold]: {getattr(obj, 'description', '') or reg.describe(name)}")
     if reg.kind == "task":
         for domain, spec in obj.spec.domains.items():
-            n_train, n_test = (len(obj.prompts(s, domain)) for s in ("train", "test"))
+            # counted without building the reward (a natural-image reward would load its weights)
+            n_train, n_test = (len(load_metadata(obj.prompt_file(s, domain))) for s in ("train", "test"))
             console.print(f"  domain {domain}: reward {spec.reward} (trains on '{spec.train_reward}'), "
                           f"metrics {', '.join(spec.metrics)}; prompts train {n_train}, test {n_test}")
     elif reg.kind == "model" and hasattr(obj, "resolved_source"):
