@@ -110,3 +110,69 @@ def geneval_train_suite(seed: int = 0, n: int = 2000, test: list[dict] | None = 
 def write_jsonl(records: list[dict], path: str | Path) -> None:
     """One ``json.dumps`` line per record (GenEval's format: default separators, key order kept)."""
     Path(path).write_text("".join(json.dumps(r) + "\n" for r in records), encoding="utf-8")
+
+
+# ------------------------------------------------------------------------------------------ OCR
+#: Sign-like templates of the natural OCR task (the quoted text is the target, as in Flow-GRPO).
+OCR_NATURAL_TEMPLATES: tuple[str, ...] = (
+    'a photo of a shop sign that says "{}"', 'a neon sign reading "{}"', 'a poster with the words "{}"',
+    'a chalkboard menu that says "{}"', 'a t-shirt printed with "{}"', 'a book cover titled "{}"',
+    'a street sign that reads "{}"', 'a coffee cup with "{}" written on it', 'a banner that says "{}"',
+    'a wooden sign carved with "{}"', 'a billboard showing the text "{}"', 'a birthday cake with "{}" in icing')
+#: Common English words for the quoted targets (hand-picked, everyday and inoffensive): adjectives
+#: and nouns; a target is one noun or an adjective and a noun.
+OCR_ADJECTIVES: tuple[str, ...] = (
+    "fresh", "open", "happy", "quiet", "golden", "little", "free", "daily", "good", "best", "hot", "cold", "new",
+    "old", "green", "blue", "red", "sunny", "lucky", "sweet", "wild", "simple", "grand", "royal", "urban", "local",
+    "secret", "silver", "modern", "classic", "bright", "gentle", "brave", "cosy", "early", "late", "great", "tiny",
+    "big", "fast", "slow", "clean", "sunday", "summer", "winter", "spring", "autumn", "morning", "night", "magic")
+OCR_NOUNS: tuple[str, ...] = (
+    "bakery", "coffee", "market", "garden", "library", "station", "museum", "theater", "kitchen", "bread", "pizza",
+    "books", "flowers", "music", "cinema", "hotel", "office", "school", "harbor", "bridge", "river", "forest",
+    "island", "valley", "castle", "tower", "studio", "gallery", "pharmacy", "bicycle", "repair", "laundry",
+    "barber", "butcher", "dentist", "doctor", "florist", "grocery", "jewelry", "records", "vintage", "fashion",
+    "shoes", "hats", "candles", "pottery", "tea", "juice", "burgers", "noodles", "tacos", "sushi", "pasta",
+    "donuts", "cookies", "pies", "cheese", "wine", "beer", "soup", "salad", "dinner", "lunch", "breakfast",
+    "exit", "entrance", "parking", "welcome", "closed", "sale", "hello", "thanks", "dream", "smile", "love",
+    "peace", "hope", "adventure", "journey", "travel", "beach", "ocean", "mountain", "sunset", "sunrise", "moon",
+    "stars", "planet", "rocket", "robot", "dragon", "tiger", "panda", "rabbit", "turtle", "owl", "fox", "bear",
+    "garage", "workshop", "factory", "farm", "orchard", "bistro", "diner", "cafe", "pub", "inn", "lodge", "spa",
+    "gym", "yoga", "dance", "piano", "guitar", "radio", "news", "press", "post", "bank", "mail", "zoo", "park",
+    "lake", "trail", "camp", "picnic", "festival", "concert", "party", "wedding", "birthday", "holiday", "story",
+    "poetry", "science", "history", "games", "puzzle", "toys", "pets", "kittens", "puppies", "bees", "honey")
+OCR_NATURAL_SEED = 7
+
+
+def ocr_natural_splits(test_size: int = 1024, train_size: int = 4096,
+                       seed: int = OCR_NATURAL_SEED) -> tuple[list[dict], list[dict]]:
+    """(train, test) OCR prompts of the natural domain with disjoint vocabularies: a seeded quarter of
+    :data:`OCR_NOUNS` appears only in test targets, the rest only in training targets, so no test
+    target (nor any of its nouns) is seen in training. Each record is {"tag": "ocr", "text",
+    "prompt"}; the target is one noun (a third) or an adjective and a noun, upper-cased or
+    title-cased at random, in a random template of :data:`OCR_NATURAL_TEMPLATES`.
+
+    Raises:
+        ValueError: the vocabulary cannot give ``test_size`` distinct test prompts.
+    """
+    rng = np.random.default_rng(seed)
+    nouns = list(OCR_NOUNS)
+    test_nouns = set(rng.choice(nouns, size=len(nouns) // 4, replace=False).tolist())
+
+    def draw(pool: list[str], n: int) -> list[dict]:
+        out, seen = [], set()
+        limit = len(pool) * (len(OCR_ADJECTIVES) + 1) * len(OCR_NATURAL_TEMPLATES) * 2
+        if n > limit // 2:
+            raise ValueError(f"cannot draw {n} distinct OCR prompts from {len(pool)} nouns")
+        while len(out) < n:
+            noun = pool[rng.integers(len(pool))]
+            words = [noun] if rng.random() < 1 / 3 else [OCR_ADJECTIVES[rng.integers(len(OCR_ADJECTIVES))], noun]
+            text = " ".join(words).upper() if rng.random() < 0.5 else " ".join(w.capitalize() for w in words)
+            prompt = OCR_NATURAL_TEMPLATES[rng.integers(len(OCR_NATURAL_TEMPLATES))].format(text)
+            if prompt not in seen:
+                seen.add(prompt)
+                out.append({"tag": "ocr", "text": text, "prompt": prompt})
+        return out
+
+    test = draw(sorted(test_nouns), test_size)
+    train = draw([n for n in nouns if n not in test_nouns], train_size)
+    return train, test

@@ -30,11 +30,26 @@ class PromptFiles(StrictModel):
     test: str
 
 
+class HubPrompts(StrictModel):
+    """Prompts taken from a Hugging Face dataset at run time (cached after the first download):
+    unique values of ``column`` with at least ``min_spaces`` spaces (Flow-GRPO's Pick-a-Pic filter),
+    shuffled with ``seed``; the first ``test_size`` are the test split, the rest the train split."""
+
+    dataset: str = Field(description="Hub dataset id")
+    revision: str | None = Field(None, description="dataset git revision")
+    split: str = Field("train", description="dataset split to read")
+    column: str = Field("caption", description="column holding the prompt text")
+    min_spaces: int = Field(5, ge=0, description="keep prompts with at least this many spaces")
+    test_size: int = Field(2048, ge=1, description="prompts in the test split")
+    seed: int = Field(0, description="shuffle seed of the train/test split")
+
+
 class DomainSpec(StrictModel):
     """What a task means for models of one domain."""
 
-    prompts: PromptFiles
-    reward: str = Field(description="registered reward name or pkg.module:Name")
+    prompts: PromptFiles | HubPrompts
+    reward: str | dict[str, float] = Field(description="registered reward name or pkg.module:Name, or "
+                                           "{name: weight} for a weighted sum (multi-reward; key 'total')")
     train_reward: str = Field(description="sub-score of the reward used as the training reward")
     metrics: list[str] = Field(min_length=1, description="sub-scores reported by evaluation")
 
@@ -95,9 +110,15 @@ class Task:
     def reward(self, domain: str = "shapes") -> Any:
         """The task's reward for ``domain`` (instantiated once, lazily)."""
         if domain not in self._rewards:
-            name = self.domain(domain).reward
-            factory = registry.rewards.get(name)
-            self._rewards[domain] = make_reward(factory, name, self.reward_options)
+            spec = self.domain(domain).reward
+            if isinstance(spec, dict):
+                from .rewards.multi import MultiReward
+
+                self._rewards[domain] = MultiReward({
+                    name: (make_reward(registry.rewards.get(name), name, self.reward_options), float(w))
+                    for name, w in spec.items()})
+            else:
+                self._rewards[domain] = make_reward(registry.rewards.get(spec), spec, self.reward_options)
         return self._rewards[domain]
 
     def prompt_file(self, split: str, domain: str = "shapes") -> Path:
@@ -108,11 +129,56 @@ class Task:
         """
         if split not in ("train", "test"):
             raise UserError(f"split '{split}' is not valid; allowed: train, test")
-        return self.root / getattr(self.domain(domain).prompts, split)
+        prompts = self.domain(domain).prompts
+        if isinstance(prompts, HubPrompts):
+            return hub_prompt_files(prompts)[split]
+        return self.root / getattr(prompts, split)
 
     def prompts(self, split: str, domain: str = "shapes") -> list[dict]:
         """Metadata records of a split, validated by the domain's reward."""
         return load_metadata(self.prompt_file(split, domain), self.reward(domain))
+
+
+def prompt_cache_dir() -> Path:
+    """Where Hub prompt sets are cached: ``$ALIGNBENCH_CACHE/prompts`` (default ``~/.cache/alignbench``)."""
+    import os
+
+    return Path(os.environ.get("ALIGNBENCH_CACHE", Path.home() / ".cache" / "alignbench")) / "prompts"
+
+
+def hub_prompt_files(spec: HubPrompts) -> dict[str, Path]:
+    """The train and test JSON-lines files of a Hub prompt set, downloaded and split on first use.
+
+    Raises:
+        UserError: the dataset cannot be loaded (one line naming it) or has no such column.
+    """
+    import hashlib
+    import random
+
+    key = hashlib.sha256(json.dumps(spec.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+    folder = prompt_cache_dir() / key
+    files = {"train": folder / "train.jsonl", "test": folder / "test.jsonl"}
+    if all(f.is_file() for f in files.values()):
+        return files
+    try:
+        import datasets
+
+        data = datasets.load_dataset(spec.dataset, split=spec.split, revision=spec.revision)
+    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one line naming the dataset
+        raise UserError(f"prompts: cannot load the dataset '{spec.dataset}' from the Hugging Face Hub "
+                        f"({type(exc).__name__}); it needs network access to huggingface.co, or write a task "
+                        "YAML with local prompt files (prompts: {train: FILE, test: FILE})") from None
+    if spec.column not in data.column_names:
+        raise UserError(f"prompts.column: '{spec.column}' is not a column of '{spec.dataset}'; allowed: "
+                        f"{', '.join(data.column_names)}")
+    texts = sorted({t for t in data[spec.column] if isinstance(t, str) and t.count(" ") >= spec.min_spaces})
+    random.Random(spec.seed).shuffle(texts)
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, part in (("test", texts[: spec.test_size]), ("train", texts[spec.test_size:])):
+        tmp = files[split].with_suffix(".tmp")
+        tmp.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in part), encoding="utf-8")
+        tmp.replace(files[split])
+    return files
 
 
 def make_reward(factory: Any, name: str, options: dict[str, Any] | None = None) -> Any:

@@ -184,3 +184,17 @@ def test_offline_hub_model_is_one_line_naming_the_repository(tmp_path, monkeypat
                                    "--out", str(tmp_path)])
     assert res.exit_code == 2
     assert "stabilityai/stable-diffusion-3.5-medium" in res.output and "Traceback" not in res.output
+
+
+def test_offline_flux_dev_on_the_pickscore_task_names_the_model_repository(tmp_path, monkeypatch):
+    """The issue's check: `alignbench run --model flux-dev --task pickscore` offline exits 2 with one
+    line naming the repository it could not load."""
+    import huggingface_hub.constants
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("ALIGNBENCH_CACHE", str(tmp_path / "cache"))
+    res = CliRunner().invoke(app, ["run", "--model", "flux-dev", "--task", "pickscore", "--out", str(tmp_path)])
+    assert res.exit_code == 2, res.output
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and "black-forest-labs/FLUX.1-dev" in lines[0], res.output

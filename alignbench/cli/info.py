@@ -47,7 +47,7 @@ def show_cmd(kind: Annotated[str, typer.Argument(help="algorithm, task, model or
              name: Annotated[str, typer.Argument(help="registered name or pkg.module:Name")]) -> None:
     """Show one registered entry in detail."""
     from ..registry import registry_for
-    from ..task import get_task, load_metadata
+    from ..task import HubPrompts, get_task, load_metadata
 
     reg = registry_for(kind)
     obj = get_task(name) if reg.kind == "task" else reg.get(name)
@@ -55,9 +55,16 @@ def show_cmd(kind: Annotated[str, typer.Argument(help="algorithm, task, model or
     if reg.kind == "task":
         for domain, spec in obj.spec.domains.items():
             # counted without building the reward (a natural-image reward would load its weights)
-            n_train, n_test = (len(load_metadata(obj.prompt_file(s, domain))) for s in ("train", "test"))
-            console.print(f"  domain {domain}: reward {spec.reward} (trains on '{spec.train_reward}'), "
-                          f"metrics {', '.join(spec.metrics)}; prompts train {n_train}, test {n_test}")
+            if isinstance(spec.prompts, HubPrompts):
+                prompts = (f"prompts from the Hub dataset {spec.prompts.dataset} (column '{spec.prompts.column}', "
+                           f"{spec.prompts.test_size} test prompts; downloaded on first use)")
+            else:
+                n_train, n_test = (len(load_metadata(obj.prompt_file(s, domain))) for s in ("train", "test"))
+                prompts = f"prompts train {n_train}, test {n_test}"
+            reward = (" + ".join(f"{w:g}·{n}" for n, w in spec.reward.items()) if isinstance(spec.reward, dict)
+                      else spec.reward)
+            console.print(f"  domain {domain}: reward {reward} (trains on '{spec.train_reward}'), "
+                          f"metrics {', '.join(spec.metrics)}; {prompts}", markup=False)
     elif reg.kind == "model" and hasattr(obj, "resolved_source"):
         for field, value in obj.model_dump().items():
             if field not in ("name", "description"):

@@ -15,3 +15,4 @@ rewards.register("imagereward", lazy="alignbench.rewards.pretrained:ImageRewardR
 rewards.register("clipscore", lazy="alignbench.rewards.pretrained:CLIPScoreReward")
 rewards.register("aesthetic", lazy="alignbench.rewards.pretrained:AestheticReward")
 rewards.register("geneval-natural", lazy="alignbench.rewards.natural_geneval:NaturalGenEvalReward")
+rewards.register("ocr-natural", lazy="alignbench.rewards.ocr:natural_ocr_reward")

@@ -139,3 +139,14 @@ class OcrReward(Reward):
     def score(self, images: Any, prompts: list[str], metadata: list[dict]) -> dict[str, torch.Tensor]:
         recs = self.details(images, prompts, metadata)
         return {k: torch.tensor([r[k] for r in recs], dtype=torch.float32) for k in self.keys}
+
+
+def natural_ocr_reward(options: dict | None = None) -> OcrReward:
+    """EasyOCR reward for natural images (512² and up: read at the native size, no upscaling), on the
+    run's device (``reward.device``)."""
+    device = (options or {}).get("device") or "cpu"
+    return OcrReward(upscale=1, device=str(device))
+
+
+natural_ocr_reward.description = "EasyOCR on natural images (native size): 1 − capped edit distance / length"
+natural_ocr_reward.keys = OcrReward.keys

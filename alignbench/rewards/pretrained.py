@@ -51,6 +51,8 @@ class RewardOptions(StrictModel):
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="reward model dtype")
     batch_size: int = Field(16, ge=1, description="images per reward forward")
     formula: str | None = Field(None, description="normalisation variant (per reward; default: the first)")
+    sources: dict[str, str] = Field(default_factory=dict, description="multi-reward tasks: a local directory per "
+                                    "component reward, e.g. {pickscore: DIR1, hpsv2: DIR2}")
 
 
 def _first_line(exc: BaseException) -> str:
@@ -88,6 +90,8 @@ class PretrainedReward(Reward):
 
     def __init__(self, options: RewardOptions | dict | None = None):
         opts = options if isinstance(options, RewardOptions) else RewardOptions.model_validate(options or {})
+        if self.name in opts.sources:
+            opts = opts.model_copy(update={"source": opts.sources[self.name]})
         self.options = opts
         self.formula = opts.formula or self.formulas[0]
         if self.formula not in self.formulas:

@@ -160,11 +160,15 @@ def reward_keys(task, domain: str, options: dict[str, Any] | None = None) -> tup
     declares them (so that resolving a config loads no reward weights), else from an instance."""
     from ..registry import rewards
 
-    factory = rewards.get(task.domain(domain).reward)
-    declared = getattr(factory, "keys", None)
-    if isinstance(declared, tuple) and declared:
-        return declared
-    return tuple(task.with_reward_options(options).reward(domain).keys)
+    spec = task.domain(domain).reward
+    names = list(spec) if isinstance(spec, dict) else [spec]
+    keys: list[str] = ["total"] if isinstance(spec, dict) else []
+    for name in names:
+        declared = getattr(rewards.get(name), "keys", None)
+        if not (isinstance(declared, tuple) and declared):
+            return tuple(task.with_reward_options(options).reward(domain).keys)
+        keys.extend(declared)
+    return tuple(keys)
 
 
 def task_for_run(config: dict[str, Any], device: str | torch.device | None = None):
