@@ -92,6 +92,7 @@ def quiet_hf_progress() -> None:
     import transformers
 
     diffusers.utils.logging.disable_progress_bar()
+    diffusers.utils.logging.set_verbosity_error()  # e.g. "Couldn't connect to the Hub": alignbench says it in one line
     transformers.utils.logging.disable_progress_bar()
     transformers.utils.logging.set_verbosity_error()
 
