@@ -12,7 +12,11 @@ warm-up (allocations, caches, lazy imports) and is dropped. From the N others it
 * transformer rows per second (NFE / total seconds) and peak memory (CUDA: allocated; CPU: RSS);
 * the ratio of median seconds per iteration to Flow-GRPO's (when Flow-GRPO is benchmarked).
 
-Model FLOP utilisation needs a CUDA device and is not computed on the CPU (``mfu`` is null).
+* the analytic FLOPs of one transformer forward (:mod:`alignbench.flops`), the rollout phase's
+  achieved FLOP/s (rollout rows × forward FLOPs / rollout seconds) and, on CUDA, its model FLOP
+  utilisation against the device's measured dense bf16 matmul peak
+  (:func:`~alignbench.flops.matmul_peak_flops`; ``mfu_rollout`` is null on the CPU).
+
 Results go to ``<out>/<machine>/<model>.json`` and ``.md``.
 """
 
@@ -43,7 +47,8 @@ def machine_label(device: str) -> str:
 
 def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: str = "cpu",
                     overrides: list[str] | None = None, seed: int = 0,
-                    progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str, int, int], None] | None = None,
+                    peak_flops: float | None = None) -> dict[str, Any]:
     """Run 1 warm-up + ``iterations`` training iterations of ``algo`` and summarise their cost.
 
     Returns:
@@ -61,6 +66,9 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
     spec = ModelSpec.model_validate(cfg["model"])
     backbone = spec.load(device)
     t = task_for_run(cfg, device)
+    from .flops import backbone_forward_flops
+
+    forward = backbone_forward_flops(backbone)
     rows = []
     with tempfile.TemporaryDirectory(prefix="alignbench-bench-") as tmp:
         trainer = Trainer(Path(tmp), cfg, backbone, t)
@@ -77,6 +85,8 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
 
     seconds = {k: stat([r["seconds"][k] for r in measured]) for k in ("total", "rollout", "reward", "update")}
     mean = lambda k: float(statistics.fmean(r[k] for r in measured))  # noqa: E731
+    # achieved model FLOP/s of the rollout phase: transformer rows × analytic forward FLOPs / seconds
+    rollout_flops = float(statistics.median(r["nfe_rollout"] * forward / r["seconds"]["rollout"] for r in measured))
     return {
         "algorithm": algo, "iterations": iterations, "seconds": seconds,
         "nfe_per_iteration": mean("nfe"), "nfe_rollout_per_iteration": mean("nfe_rollout"),
@@ -87,7 +97,9 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
                            for r in rows),
         "rows_per_second": float(statistics.median(r["nfe"] / r["seconds"]["total"] for r in measured)),
         "peak_memory_mb": float(max(r["peak_memory_mb"] for r in rows)),
-        "mfu": None,
+        "forward_gflops": forward / 1e9,
+        "rollout_tflops_per_s": rollout_flops / 1e12,
+        "mfu_rollout": rollout_flops / peak_flops if peak_flops else None,
         "protocol": cfg["protocol"],
         "rows": [{k: r[k] for k in ("iteration", "nfe", "nfe_rollout", "plan_nfe_rollout", "trained_edges",
                                     "plan_trained_edges", "seconds")} for r in rows],
@@ -97,12 +109,16 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
 def render_markdown(result: dict[str, Any]) -> str:
     """The bench table: one row per algorithm, seconds as median (min), and the ratio to Flow-GRPO."""
     head = ["algorithm", "s/it median (min)", "rollout s", "reward s", "update s", "NFE/it", "rollout NFE/it",
-            "edges/it", "analytic counts", "rows/s", "peak MB", "÷ flow_grpo"]
+            "edges/it", "analytic counts", "rows/s", "rollout TFLOP/s", "rollout MFU", "peak MB", "÷ flow_grpo"]
     lines = [f"# bench: {result['model']} on {result['machine']}", "",
              f"Produced by `{result['command']}` on {result['date']} (alignbench commit {result['commit']}; "
              f"device {result['device']}, torch {result['torch']}, {result['threads']} threads); "
              f"{result['iterations']} measured iterations after one warm-up, task {result['task']}. "
-             "Seconds per phase are medians; MFU needs a CUDA device and is not reported here.", "",
+             f"Seconds per phase are medians. One transformer forward: {result['algorithms'][0]['forward_gflops']:.1f} "
+             "GFLOP per sample (analytic, alignbench.flops). "
+             + (f"MFU against the measured dense {result['peak_dtype']} matmul peak of "
+                f"{result['peak_tflops']:.0f} TFLOP/s." if result.get("peak_tflops") else
+                "MFU needs a CUDA device and is not reported here."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     base = next((a for a in result["algorithms"] if a["algorithm"] == "flow_grpo"), None)
     for a in result["algorithms"]:
@@ -112,8 +128,10 @@ def render_markdown(result: dict[str, Any]) -> str:
             a["algorithm"], f"{s['total']['median']:.2f} ({s['total']['min']:.2f})", f"{s['rollout']['median']:.2f}",
             f"{s['reward']['median']:.2f}", f"{s['update']['median']:.2f}", f"{a['nfe_per_iteration']:.0f}",
             f"{a['nfe_rollout_per_iteration']:.0f}", f"{a['trained_edges_per_iteration']:.0f}",
-            "match" if a["analytic_ok"] else "MISMATCH", f"{a['rows_per_second']:.0f}", f"{a['peak_memory_mb']:.0f}",
-            ratio]) + " |")
+            "match" if a["analytic_ok"] else "MISMATCH", f"{a['rows_per_second']:.0f}",
+            f"{a['rollout_tflops_per_s']:.3g}",
+            f"{100 * a['mfu_rollout']:.1f}%" if a.get("mfu_rollout") is not None else "—",
+            f"{a['peak_memory_mb']:.0f}", ratio]) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from alignbench.cli import app
@@ -32,3 +33,35 @@ def test_bench_reports_phases_and_counts_that_match_the_plans(tmp_path):
     assert "| flow_grpo |" in res.output and "| 1.00 |" in res.output  # its own ratio
     bad = CliRunner().invoke(app, ["bench", "--algo", "flow_grpo", "--set", "algo.lr=1"])
     assert bad.exit_code == 2 and "allowed sections: protocol, model" in bad.output
+
+
+@pytest.mark.parametrize("model,extra", [
+    ("sd35m-random", ["model.scale=0.04"]),
+    # one FLUX double and one single block are 0.55B parameters: minutes to build on 2 cores
+    pytest.param("flux-dev-random", ["model.scale=0.02", "model.max_sequence_length=8"], marks=pytest.mark.slow)])
+def test_bench_runs_the_real_architectures_scaled_down_with_no_download(tmp_path, model, extra):
+    """sd35m-random and flux-dev-random: the published transformer configs with one block of each
+    kind (model.scale), random weights and text embeddings, at 64² with short text, the weight-free
+    bench task; the forward FLOPs are the analytic count of the built config."""
+    from alignbench.flops import sd3_forward_flops
+
+    sets = [*extra, "model.height=64", "model.width=64", "model.dtype=float32", "protocol.group_size=2",
+            "protocol.prompts_per_iteration=1", "protocol.train_steps=3", "protocol.lora_rank=2"]
+    if model == "sd35m-random":
+        sets.append("model.max_sequence_length=8")
+    args = ["bench", "--model", model, "--algo", "flow_grpo", "--iterations", "1", "--out", str(tmp_path)]
+    for s in sets:
+        args += ["--set", s]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, res.output
+    result = json.loads((next(tmp_path.rglob(f"{model}.json"))).read_text())
+    a = result["algorithms"][0]
+    assert result["task"] == "bench" and a["analytic_ok"] and a["mfu_rollout"] is None
+    assert a["nfe_rollout_per_iteration"] == 2 * 3 * (2 if model == "sd35m-random" else 1)  # CFG 4.5: 2 rows
+    assert a["rollout_tflops_per_s"] > 0
+    if model == "sd35m-random":
+        from alignbench.models.random_arch import transformer_config
+
+        cfg = transformer_config("sd3", 0.04)
+        assert cfg["num_layers"] == 1 and cfg["dual_attention_layers"] == (0,)
+        assert a["forward_gflops"] == sd3_forward_flops(cfg, 16, 77 + 8) / 1e9

@@ -16,7 +16,8 @@ from .common import _progress, _set_threads, console, user_errors
 def bench_cmd(
     model: Annotated[str, typer.Option(help="registered model (tiny-shapes, flux-dev, …) or pkg.module:NAME")] = "tiny-shapes",
     algo: Annotated[str, typer.Option(help="comma-separated algorithms")] = "flow_grpo,mixgrpo,treegrpo,gardo,tmpo",
-    task: Annotated[str, typer.Option(help="task whose prompts and reward the iterations use")] = "geneval",
+    task: Annotated[str | None, typer.Option(help="task whose prompts and reward the iterations use (default: "
+                                                  "geneval; bench for the random architectures)")] = None,
     iterations: Annotated[int, typer.Option(min=1, help="measured iterations per algorithm (after one warm-up)")] = 3,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override protocol.* or model.* fields (the same for every algorithm)")] = None,
@@ -34,6 +35,15 @@ def bench_cmd(
     _set_threads(threads)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device: '{device}' requested but CUDA is not available here; allowed: cpu")
+    from ..models.spec import get_model
+
+    if task is None:
+        task = "bench" if get_model(model).random else "geneval"
+    peak = None
+    if device.startswith("cuda"):
+        from ..flops import matmul_peak_flops
+
+        peak = matmul_peak_flops(device, "bfloat16")
     names = [a.strip() for a in algo.split(",") if a.strip()]
     bad = [o for o in (set_ or []) if not o.startswith(("protocol.", "model."))]
     if bad:
@@ -48,11 +58,13 @@ def bench_cmd(
             bar.update(tasks[name], completed=done)
 
         for name in names:
-            results.append(bench_algorithm(name, task, model, iterations, device, set_ or [], progress=report))
+            results.append(bench_algorithm(name, task, model, iterations, device, set_ or [], progress=report,
+                                           peak_flops=peak))
     result = {"model": model, "task": task, "machine": machine_label(device), "device": device,
               "iterations": iterations, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "commit": git_commit() or "unknown", "command": command_line(),
-              "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "algorithms": results}
+              "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "algorithms": results,
+              "peak_tflops": peak / 1e12 if peak else None, "peak_dtype": "bfloat16"}
     jpath, mpath = write_bench(result, out)
     console.print(render_markdown(result), markup=False)
     console.print(f"wrote {jpath} and {mpath}", markup=False)

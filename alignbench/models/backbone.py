@@ -75,8 +75,9 @@ class FluxBackbone:
         self.device = torch.device(device)
         pipe.to(self.device)
         for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
-            module.requires_grad_(False)
-            module.eval()
+            if module is not None:  # random-architecture pipelines have no text encoders
+                module.requires_grad_(False)
+                module.eval()
         pipe.set_progress_bar_config(disable=True)
         self.height, self.width = height, width
         self.max_sequence_length = max_sequence_length

@@ -41,6 +41,10 @@ class ModelSpec(StrictModel):
                                   "and step otherwise); used by rollouts and evaluation alike")
     train_steps: int = Field(ge=1, description="sampling steps of training rollouts")
     eval_steps: int = Field(ge=1, description="ODE steps of the evaluation protocol")
+    random: bool = Field(False, description="build the published architecture with random weights and random "
+                         "text embeddings instead of loading weights (benchmarks; nothing is downloaded)")
+    scale: float = Field(1.0, gt=0, le=1, description="random architectures: fraction of the transformer blocks "
+                         "kept (same token count), so that the true shapes run scaled down on a CPU")
     revision: str | None = Field(None, description="weights revision: for a Hub repo id the git revision "
                                  "(branch, tag or commit) passed to from_pretrained; for shipped or local "
                                  "weights a label. Part of every run config, so that compare never matches "
@@ -68,6 +72,15 @@ class ModelSpec(StrictModel):
                                  "sd3": (StableDiffusion3Pipeline, SD3Backbone)}[self.family]
 
         quiet_hf_progress()
+        if self.random:
+            from .random_arch import build_random_backbone
+
+            backbone = build_random_backbone(self.family, self.height, self.width, getattr(torch, self.dtype), device,
+                                             self.scale, guidance_scale=self.guidance_scale,
+                                             true_cfg_scale=self.true_cfg_scale,
+                                             max_sequence_length=self.max_sequence_length)
+            backbone.name, backbone.domain = self.name, self.domain
+            return backbone
         src = self.resolved_source()
         local = Path(src).is_dir()
         try:
@@ -111,6 +124,16 @@ models.register("sd3.5-medium", ModelSpec(
     height=512, width=512, dtype="bfloat16",
     description="Stable Diffusion 3.5 Medium (Stability AI, 2.5B MM-DiT) from the Hugging Face Hub, Flow-GRPO's "
                 "main backbone; needs a GPU",
+    max_sequence_length=256, guidance_scale=1.0, true_cfg_scale=4.5, train_steps=10, eval_steps=40))
+models.register("flux-dev-random", ModelSpec(
+    name="flux-dev-random", domain="natural", source="random:flux", random=True, height=512, width=512,
+    dtype="bfloat16", description="FLUX.1-dev's transformer config with random weights and random text embeddings "
+    "(no download; for bench); --set model.scale=… keeps a fraction of the blocks",
+    max_sequence_length=512, guidance_scale=3.5, train_steps=6, eval_steps=28))
+models.register("sd35m-random", ModelSpec(
+    name="sd35m-random", domain="natural", family="sd3", source="random:sd3", random=True, height=512, width=512,
+    dtype="bfloat16", description="SD3.5-Medium's transformer config with random weights and random text "
+    "embeddings (no download; for bench); --set model.scale=… keeps a fraction of the blocks",
     max_sequence_length=256, guidance_scale=1.0, true_cfg_scale=4.5, train_steps=10, eval_steps=40))
 
 

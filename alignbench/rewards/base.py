@@ -64,3 +64,20 @@ class Reward(ABC):
     def validate_metadata(self, record: dict, where: str) -> None:  # noqa: B027 - optional hook
         """Raise :class:`~alignbench.errors.MetadataError` naming ``where`` and the field if
         ``record`` is unusable by this reward; default: accept."""
+
+
+class RandomProjectionReward(Reward):
+    """A reward that needs no weights, for benchmarks of the engine: tanh of a fixed random linear
+    projection (seed 0) of the image average-pooled to 16×16, in [−1, 1]. Key ``projection``."""
+
+    keys = ("projection",)
+    description = "tanh of a fixed random projection of the 16×16-pooled image (no weights; for bench)"
+
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.weight = torch.randn(3 * 16 * 16, generator=g) / (3 * 16 * 16) ** 0.5
+
+    def score(self, images: Any, prompts: list[str], metadata: list[dict]) -> dict[str, torch.Tensor]:
+        x = torch.from_numpy(np.stack(to_uint8_images(images))).permute(0, 3, 1, 2).float() / 255 - 0.5
+        pooled = torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)
+        return {"projection": torch.tanh(pooled @ self.weight * 4)}

@@ -16,3 +16,4 @@ rewards.register("clipscore", lazy="alignbench.rewards.pretrained:CLIPScoreRewar
 rewards.register("aesthetic", lazy="alignbench.rewards.pretrained:AestheticReward")
 rewards.register("geneval-natural", lazy="alignbench.rewards.natural_geneval:NaturalGenEvalReward")
 rewards.register("ocr-natural", lazy="alignbench.rewards.ocr:natural_ocr_reward")
+rewards.register("random-projection", lazy="alignbench.rewards.base:RandomProjectionReward")

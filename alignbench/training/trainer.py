@@ -70,6 +70,10 @@ PROTOCOL_PRESETS: dict[str, dict[str, Any]] = {
     "flux-dev": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 27, "lora_rank": 64,
                  "lora_alpha": 128.0, "rollout_batch": 16, "gradient_checkpointing": True},
     # Flow-GRPO's SD3.5-Medium recipe: 24 images per prompt, LoRA r = 32, α = 64 (train_sd3.py)
+    "flux-dev-random": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 27, "lora_rank": 64,
+                        "lora_alpha": 128.0, "rollout_batch": 16, "gradient_checkpointing": True},
+    "sd35m-random": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 24, "lora_rank": 32,
+                     "lora_alpha": 64.0, "rollout_batch": 16, "gradient_checkpointing": True},
     "sd3.5-medium": {"iterations": 300, "prompts_per_iteration": 8, "group_size": 24, "lora_rank": 32,
                      "lora_alpha": 64.0, "rollout_batch": 16, "gradient_checkpointing": True},
 }
