@@ -125,8 +125,10 @@ def build_random_backbone(family: str, height: int, width: int, dtype: torch.dty
 
     cfg = transformer_config(family, scale)
     torch.manual_seed(seed)
+    build = torch.device(device)  # initialise where it runs: 12B random weights take minutes on a CPU
     if family == "flux":
-        transformer = FluxTransformer2DModel(**cfg).to(dtype)
+        with build:
+            transformer = FluxTransformer2DModel(**cfg).to(dtype)
         # FLUX.1-dev's scheduler config: resolution-dependent shift
         scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=True,
                                                     base_shift=0.5, max_shift=1.15, base_image_seq_len=256,
@@ -135,7 +137,8 @@ def build_random_backbone(family: str, height: int, width: int, dtype: torch.dty
                             tokenizer=None, text_encoder_2=None, tokenizer_2=None, transformer=transformer)
         return RandomFluxBackbone(pipe, height, width, max_sequence_length, guidance_scale, device,
                                   true_cfg_scale=true_cfg_scale)
-    transformer = SD3Transformer2DModel(**cfg).to(dtype)
+    with build:
+        transformer = SD3Transformer2DModel(**cfg).to(dtype)
     scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
     pipe = StableDiffusion3Pipeline(transformer=transformer, scheduler=scheduler,
                                     vae=_small_vae(16, 1.5305, 0.0609).to(dtype), text_encoder=None, tokenizer=None,
