@@ -56,6 +56,10 @@ class ProtocolConfig(StrictModel):
         None, description="training reward = Σ weight·sub-score; default: the task's train_reward with weight 1")
     rollout_batch: int = Field(256, ge=1, description="rows per transformer forward during rollouts")
     checkpoint_every: int = Field(1, ge=1, description="iterations between checkpoints")
+    update_memory_gb: float | None = Field(None, gt=0, description="CUDA: choose the update's micro-batch (trained "
+                                           "transitions per backward) so that its peak memory stays within this "
+                                           "many GiB, measured on the first update; exact, so results do not change "
+                                           "(None: the algorithm's micro_batch)")
     gradient_checkpointing: bool = Field(False, description="recompute the transformer's block activations in "
                                          "the update's backward pass instead of keeping them (diffusers' "
                                          "enable_gradient_checkpointing): less memory, ~1 more forward per "
@@ -273,6 +277,22 @@ class Trainer:
         self.rows: list[dict[str, Any]] = []
         self.start_iteration_done = 0  # iterations covered by the checkpoint on disk
 
+    # ------------------------------------------------------------------------------ memory
+    def _plan_memory(self, rollout, embeds) -> None:
+        """Set the algorithm's micro-batch from ``protocol.update_memory_gb`` (CUDA; once per process,
+        at the first update it runs; :mod:`~alignbench.training.memory`)."""
+        from . import memory
+
+        budget = self.protocol.update_memory_gb
+        if budget is None or getattr(self, "_memory_planned", False) or not memory.supported(self.backbone.device):
+            return
+        base, per_edge = memory.measure_update_memory(self.backbone, rollout, embeds,
+                                                      self.algo.config.logprob_reduction)
+        n = memory.plan_micro_batch(budget * memory.GIB, base, per_edge, rollout.x.shape[0])
+        self.algo.config.micro_batch = n
+        self._memory_planned = True
+        self.memory_plan = {"micro_batch": n, "base_gib": base / memory.GIB, "per_edge_gib": per_edge / memory.GIB}
+
     # ------------------------------------------------------------------------------ schedule
     def _lr_factor(self, step: int, total: int) -> float:
         c = self.algo.config
@@ -440,6 +460,7 @@ class Trainer:
         self._check(it, "advantage", adv)
         t_reward = time.perf_counter()
 
+        self._plan_memory(rollout, embeds)
         upd: list[dict[str, float]] = []
         grad_norms = []
         for u in range(c.inner_updates):
@@ -500,6 +521,7 @@ class Trainer:
             "seconds": {"rollout": t_rollout - t_start, "reward": t_reward - t_rollout, "update": t_update - t_reward,
                         "total": time.perf_counter() - t_start},
             "peak_memory_mb": _peak_memory_mb(bb.device),
+            **({"micro_batch": int(self.algo.config.micro_batch)} if self.protocol.update_memory_gb else {}),
         }
         return row
 
