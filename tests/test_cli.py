@@ -40,7 +40,7 @@ def test_show_algorithm_prints_paper_defaults_and_presets():
 
 @pytest.mark.parametrize("args, fragments", [
     (("list", "algoritms"), ("unknown kind 'algoritms'", "allowed: algorithms, models, rewards, tasks", "did you mean 'algorithms'")),
-    (("show", "task", "genevel"), ("unknown task 'genevel'", "allowed: geneval, ocr", "did you mean 'geneval'")),
+    (("show", "task", "genevel"), ("unknown task 'genevel'", "allowed: aesthetic, bench, clipscore, geneval, hpsv2, imagereward, ocr, pickscore, preference", "did you mean 'geneval'")),
     (("show", "algorithm", "tmp"), ("unknown algorithm 'tmp'", "allowed: flow_grpo, gardo, mixgrpo, tmpo, treegrpo", "did you mean 'tmpo'")),
     (("show", "model", "tiny-shape"), ("unknown model 'tiny-shape'", "allowed: flux-dev, tiny-shapes",
                                        "did you mean 'tiny-shapes'")),
