@@ -42,7 +42,7 @@ def test_show_algorithm_prints_paper_defaults_and_presets():
     (("list", "algoritms"), ("unknown kind 'algoritms'", "allowed: algorithms, models, rewards, tasks", "did you mean 'algorithms'")),
     (("show", "task", "genevel"), ("unknown task 'genevel'", "allowed: aesthetic, bench, clipscore, geneval, hpsv2, imagereward, ocr, pickscore, preference", "did you mean 'geneval'")),
     (("show", "algorithm", "tmp"), ("unknown algorithm 'tmp'", "allowed: flow_grpo, gardo, mixgrpo, tmpo, treegrpo", "did you mean 'tmpo'")),
-    (("show", "model", "tiny-shape"), ("unknown model 'tiny-shape'", "allowed: flux-dev, tiny-shapes",
+    (("show", "model", "tiny-shape"), ("unknown model 'tiny-shape'", "allowed: flux-dev, flux-dev-random, sd3.5-medium, sd35m-random, tiny-shapes",
                                        "did you mean 'tiny-shapes'")),
     (("world", "sample", "--task", "gen-eval", "--n", "1"), ("unknown task 'gen-eval'", "did you mean 'geneval'")),
     (("world", "sample", "--n", "1", "--set", "size_max=80"), ("size_max",)),

@@ -72,8 +72,9 @@ def test_builtin_tasks_and_rewards_are_registered():
 
 
 def test_task_for_missing_domain_names_supported_domains():
-    with pytest.raises(UserError, match="supports models of domain: shapes"):
-        get_task("geneval").domain("natural")
+    with pytest.raises(UserError, match="task 'pickscore' has no prompts for domain 'shapes'; it supports models "
+                                        "of domain: natural"):
+        get_task("pickscore").domain("shapes")
 
 
 # --- config ---------------------------------------------------------------------------------------
