@@ -74,8 +74,8 @@ class FluxBackbone:
         self.pipe = pipe
         self.device = torch.device(device)
         pipe.to(self.device)
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.transformer):
-            if module is not None:  # random-architecture pipelines have no text encoders
+        for module in pipe.components.values():  # every model component is frozen; LoRA adds the trained part
+            if isinstance(module, torch.nn.Module):
                 module.requires_grad_(False)
                 module.eval()
         pipe.set_progress_bar_config(disable=True)
@@ -89,13 +89,18 @@ class FluxBackbone:
         f = pipe.vae_scale_factor
         if height % (2 * f) or width % (2 * f):
             raise ValueError(f"height and width must be multiples of {2 * f}, got {height}×{width}")
-        self.latent_h, self.latent_w = 2 * (height // (2 * f)), 2 * (width // (2 * f))
-        self.latent_channels = pipe.transformer.config.in_channels // 4
         self._cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._img_ids = pipe._prepare_latent_image_ids(1, self.latent_h // 2, self.latent_w // 2, self.device,
-                                                       self.dtype)
+        self._set_latent_geometry(f)
         self.nfe = 0  # transformer forward passes × batch rows, counted by velocity()
         self._override: dict[str, torch.Tensor] | None = None  # parameter values of reference(lora_state)
+
+    def _set_latent_geometry(self, f: int) -> None:
+        """FLUX: the VAE latent grid (h, w), its channels (the transformer's packed input ÷ 4) and the
+        image position ids of the packed tokens."""
+        self.latent_h, self.latent_w = 2 * (self.height // (2 * f)), 2 * (self.width // (2 * f))
+        self.latent_channels = self.pipe.transformer.config.in_channels // 4
+        self._img_ids = self.pipe._prepare_latent_image_ids(1, self.latent_h // 2, self.latent_w // 2, self.device,
+                                                            self.dtype)
 
     # ----------------------------------------------------------------------------------- shapes
     @property
@@ -321,31 +326,10 @@ class SD3Backbone(FluxBackbone):
 
     family = "sd3"
 
-    def __init__(self, pipe, height: int, width: int, max_sequence_length: int = 256, guidance_scale: float = 1.0,
-                 device: str | torch.device = "cpu", true_cfg_scale: float = 1.0):
-        self.pipe = pipe
-        self.device = torch.device(device)
-        pipe.to(self.device)
-        for module in (pipe.vae, pipe.text_encoder, pipe.text_encoder_2, pipe.text_encoder_3, pipe.transformer):
-            if module is not None:
-                module.requires_grad_(False)
-                module.eval()
-        pipe.set_progress_bar_config(disable=True)
-        self.height, self.width = height, width
-        self.max_sequence_length = max_sequence_length
-        self.guidance_scale = guidance_scale
-        if true_cfg_scale < 1:
-            raise ValueError(f"true_cfg_scale must be >= 1 (1 = no guidance), got {true_cfg_scale}")
-        self.true_cfg_scale = float(true_cfg_scale)
-        self.dtype = pipe.transformer.dtype
-        f = pipe.vae_scale_factor
-        if height % (2 * f) or width % (2 * f):
-            raise ValueError(f"height and width must be multiples of {2 * f}, got {height}×{width}")
-        self.latent_h, self.latent_w = height // f, width // f
-        self.latent_channels = pipe.transformer.config.in_channels
-        self._cache = {}
-        self.nfe = 0
-        self._override = None
+    def _set_latent_geometry(self, f: int) -> None:
+        """SD3: the VAE latent grid and its channels (the transformer patchifies it itself)."""
+        self.latent_h, self.latent_w = self.height // f, self.width // f
+        self.latent_channels = self.pipe.transformer.config.in_channels
 
     @torch.no_grad()
     def encode_prompts(self, prompts: Sequence[str]) -> PromptEmbeds:
