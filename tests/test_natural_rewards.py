@@ -252,6 +252,15 @@ def test_options_are_checked_and_named(tmp_path):
     with pytest.raises(ConfigError, match="reward.batch_size"):
         get_task("geneval").with_reward_options({"batch_size": 0})
     assert RewardOptions().batch_size == 16
+    # a run config is checked before any weights load or any run directory exists
+    from alignbench.training.trainer import resolve_run_config
+
+    with pytest.raises(ConfigError, match="reward.formula: 'x' is not a formula of reward 'hpsv2'; allowed: cosine"):
+        resolve_run_config("flow_grpo", "hpsv2", "flux-dev", 0, overrides=["reward.formula=x"])
+    with pytest.raises(ConfigError, match="reward.formula: 'raw' is not a formula of reward 'hpsv2'"):
+        resolve_run_config("flow_grpo", "preference", "flux-dev", 0, overrides=["reward.formula=raw"])
+    cfg = resolve_run_config("flow_grpo", "pickscore", "flux-dev", 0, overrides=["reward.formula=raw"])
+    assert cfg["reward"]["formula"] == "raw"
 
 
 def test_hub_failure_is_one_line_naming_the_repository(monkeypatch):

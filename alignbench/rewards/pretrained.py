@@ -88,15 +88,27 @@ class PretrainedReward(Reward):
     formulas: ClassVar[tuple[str, ...]] = ("default",)
     metadata_format = ""
 
-    def __init__(self, options: RewardOptions | dict | None = None):
+    @classmethod
+    def check_options(cls, options: RewardOptions | dict | None) -> RewardOptions:
+        """The validated options for this reward (its own ``sources`` entry as ``source``), without
+        loading anything; run configs are checked with it before a run starts.
+
+        Raises:
+            ConfigError: a bad field, or a formula this reward does not have (names the allowed ones).
+        """
         opts = options if isinstance(options, RewardOptions) else RewardOptions.model_validate(options or {})
-        if self.name in opts.sources:
-            opts = opts.model_copy(update={"source": opts.sources[self.name]})
+        if cls.name in opts.sources:
+            opts = opts.model_copy(update={"source": opts.sources[cls.name]})
+        formula = opts.formula or cls.formulas[0]
+        if formula not in cls.formulas:
+            raise ConfigError(f"reward.formula: '{formula}' is not a formula of reward '{cls.name}'; "
+                              f"allowed: {', '.join(cls.formulas)}")
+        return opts
+
+    def __init__(self, options: RewardOptions | dict | None = None):
+        opts = self.check_options(options)
         self.options = opts
         self.formula = opts.formula or self.formulas[0]
-        if self.formula not in self.formulas:
-            raise ConfigError(f"reward.formula: '{self.formula}' is not a formula of reward '{self.name}'; "
-                              f"allowed: {', '.join(self.formulas)}")
         self.device = torch.device(opts.device or "cpu")
         self.dtype = getattr(torch, opts.dtype)
         self.local = opts.source is not None and Path(opts.source).is_dir()
@@ -120,7 +132,8 @@ class PretrainedReward(Reward):
 
     # -- loading helpers --------------------------------------------------------------------------
     def _hub_file(self, filename: str, repo: str | None = None) -> str:
-        """Path of ``filename``: inside the local source directory, or downloaded from the Hub."""
+        """Path of ``filename``: inside the local source directory, or downloaded from the Hub (from
+        ``repo``, default the reward's own, at the reward's revision only for its own repo)."""
         if self.local:
             path = Path(self.where) / filename
             if not path.is_file():
@@ -128,8 +141,10 @@ class PretrainedReward(Reward):
             return str(path)
         from huggingface_hub import hf_hub_download
 
-        path = hf_hub_download(repo or self.where, filename, revision=self.revision)
-        self.loaded_revision = Path(path).parent.name  # the snapshot folder is the commit hash
+        own = repo in (None, self.where)
+        path = hf_hub_download(repo or self.where, filename, revision=self.revision if own else None)
+        if own:
+            self.loaded_revision = Path(path).parent.name  # the snapshot folder is the commit hash
         return path
 
     def _pretrained(self, cls: Any, repo: str | None = None, **kwargs: Any) -> Any:
@@ -287,12 +302,7 @@ class AestheticReward(_CLIPReward):
 
     def _load(self) -> None:
         super()._load()
-        revision = self.revision
-        self.revision = None  # the head's repo has no pinned revision of its own
-        try:
-            path = self._hub_file(self.head_file, None if self.local else self.head_repo)
-        finally:
-            self.revision = revision
+        path = self._hub_file(self.head_file, None if self.local else self.head_repo)
         state = torch.load(path, map_location="cpu", weights_only=True)
         state = {k.removeprefix("module."): v for k, v in state.items()}
         self.head = aesthetic_mlp(self.model.config.projection_dim)

@@ -165,16 +165,23 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
 
 def reward_keys(task, domain: str, options: dict[str, Any] | None = None) -> tuple[str, ...]:
     """Sub-score names of ``task``'s reward for ``domain``, read from the reward class when it
-    declares them (so that resolving a config loads no reward weights), else from an instance."""
+    declares them (so that resolving a config loads no reward weights), else from an instance.
+
+    Raises:
+        ConfigError: ``options`` do not suit the reward (e.g. a formula it does not have).
+    """
     from ..registry import rewards
 
     spec = task.domain(domain).reward
     names = list(spec) if isinstance(spec, dict) else [spec]
     keys: list[str] = ["total"] if isinstance(spec, dict) else []
     for name in names:
-        declared = getattr(rewards.get(name), "keys", None)
+        factory = rewards.get(name)
+        declared = getattr(factory, "keys", None)
         if not (isinstance(declared, tuple) and declared):
             return tuple(task.with_reward_options(options).reward(domain).keys)
+        if hasattr(factory, "check_options"):  # rewards with weights: their options, checked without loading
+            factory.check_options(options)
         keys.extend(declared)
     return tuple(keys)
 
