@@ -27,9 +27,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..errors import MetadataError
+from .base import Reward, to_uint8_images
 
 GENEVAL_TAGS: tuple[str, ...] = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 GENEVAL_COLORS: tuple[str, ...] = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown", "black", "white")
@@ -267,3 +269,40 @@ def score_detections(detections: list[Detection], meta: GenEvalMetadata) -> GenE
     kept = [d for dets in objects.values() for d in dets]
     return GenEvalResult(meta.tag, correct, strict, partial, reasons, kept)
 
+
+class GenEvalReward(Reward):
+    """GenEval scores from a detector. Keys: ``partial`` (Flow-GRPO's training reward, first so it
+    is the default), ``accuracy`` and ``strict`` (0/1 per image).
+
+    Args:
+        detector: callable uint8 [H, W, 3] → list of :class:`~alignbench.rewards.geneval.Detection`.
+        classes: the detector's vocabulary; metadata naming another class is rejected.
+    """
+
+    keys = ("partial", "accuracy", "strict")
+    metadata_format = "geneval"
+
+    def __init__(self, detector: Any, classes: tuple[str, ...]):
+        self.detector = detector
+        self.classes = tuple(classes)
+
+    def validate_metadata(self, record: dict, where: str) -> None:
+        meta = parse_metadata(record, where)
+        for kind, clauses in (("include", meta.include), ("exclude", meta.exclude)):
+            for i, clause in enumerate(clauses):
+                if clause.cls not in self.classes:
+                    raise MetadataError(f"{where}: field '{kind}.{i}.class': '{clause.cls}' is not a class of this "
+                                        f"detector; allowed: {', '.join(self.classes)}")
+
+    def details(self, images: Any, prompts: list[str], metadata: list[dict]) -> list[dict]:
+        out = []
+        for img, record in zip(to_uint8_images(images), metadata, strict=True):
+            res = score_detections(self.detector(img), parse_metadata(record))
+            out.append({"tag": res.tag, "accuracy": float(res.correct), "strict": float(res.strict),
+                        "partial": res.partial, "reasons": res.reasons,
+                        "detections": [d.to_dict() for d in res.detections]})
+        return out
+
+    def score(self, images: Any, prompts: list[str], metadata: list[dict]) -> dict[str, torch.Tensor]:
+        recs = self.details(images, prompts, metadata)
+        return {k: torch.tensor([r[k] for r in recs], dtype=torch.float32) for k in self.keys}

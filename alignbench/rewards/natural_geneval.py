@@ -31,9 +31,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .geneval import GENEVAL_COLORS, THRESHOLD, Detection
+from .geneval import GENEVAL_COLORS, THRESHOLD, Detection, GenEvalReward
 from .pretrained import PretrainedReward
-from .shapes import GenEvalReward
 
 TOP_K = 100          # mmdet's max_per_image for Mask2Former instance results
 COLOR_TEMPLATES = ("a photo of a {c} {cls}", "a photo of a {c}-colored {cls}", "a photo of a {c} object")
