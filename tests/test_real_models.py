@@ -19,8 +19,6 @@ from alignbench.models.spec import get_model  # noqa: E402
 from alignbench.models.tiny import TinyFluxConfig, build_tiny_pipeline, build_tiny_sd3_pipeline  # noqa: E402
 from alignbench.sampling.plan import RolloutPlan, StepSpec, execute, recompute_log_prob  # noqa: E402
 
-SD3_MODEL = ["model.height=32", "model.width=32", "model.dtype=float32", "model.max_sequence_length=20"]
-
 
 @pytest.fixture(scope="module")
 def sd3_dir(tmp_path_factory):
@@ -31,8 +29,8 @@ def sd3_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sd3(sd3_dir):
-    spec = get_model("sd3.5-medium", source=str(sd3_dir), **{k.split("=")[0][6:]: v for k, v in
-                                                            (s.split("=") for s in SD3_MODEL)})
+    spec = get_model("sd3.5-medium", source=str(sd3_dir), height=32, width=32, dtype="float32",
+                     max_sequence_length=20)
     return spec.load("cpu")
 
 
@@ -77,7 +75,8 @@ def test_sd3_velocity_is_the_pipelines_transformer_call_with_cfg(sd3):
 def test_sd3_ratio_is_one_for_a_tree_rollout(sd3, reduction):
     """The recomputed log-probs of the stored transitions equal the stored ones (specs §0), here on
     a TMPO-like tree with LoRA attached, so that ratio = exp(Δ) = 1."""
-    sd3.add_lora(4, 8, seed=0) if not sd3.lora_parameters() else None
+    if not sd3.lora_parameters():
+        sd3.add_lora(4, 8, seed=0)
     plan = RolloutPlan(2, [StepSpec("ode"), StepSpec("cps", 0.7, 2, True), StepSpec("flow_sde", 0.7, 2, True),
                            StepSpec("ode")])
     emb = sd3.encode_prompts(["a photo of a cat", "a red bus"])
@@ -153,8 +152,7 @@ def test_every_algorithm_runs_two_iterations_on_a_real_architecture(tmp_path, mo
                                                                    dino_dir):
     task, pick_dir = pick_task
     src = sd3_dir if model == "sd3.5-medium" else flux_dir
-    model_set = SD3_MODEL if model == "sd3.5-medium" else ["model.height=32", "model.width=32",
-                                                            "model.dtype=float32", "model.max_sequence_length=20"]
+    model_set = ["model.height=32", "model.width=32", "model.dtype=float32", "model.max_sequence_length=20"]
     for algo, extra in ALGOS.items():
         out = tmp_path / algo
         args = ["run", "--algo", algo, "--task", str(task), "--model", model, "--out", str(out), *RUN,
