@@ -26,12 +26,21 @@ FILES = ("eval_base.json", "eval_base.jsonl", "samples/eval_base_grid.png")
 
 
 def cache_ingredients(config: dict[str, Any], task, device: str) -> dict[str, Any]:
-    """What a base evaluation depends on: the run config's model and eval sections, the task's name
-    and the SHA-256 of its test prompt file, the device type and :data:`CACHE_VERSION`."""
+    """What a base evaluation depends on: the run config's model and eval sections, the reward
+    options that change scores (source, sources, revision, dtype, formula; not the device or batch
+    size), the task's name and the SHA-256 of its test prompt file, the device type and
+    :data:`CACHE_VERSION`."""
     domain = config["model"]["domain"]
     prompts = Path(task.prompt_file(config["eval"].get("split", "test"), domain)).read_bytes()
-    return {"version": CACHE_VERSION, "model": config["model"], "eval": config["eval"], "task": task.name,
-            "prompts_sha256": hashlib.sha256(prompts).hexdigest(), "device": str(device).split(":")[0]}
+    ingredients = {"version": CACHE_VERSION, "model": config["model"], "eval": config["eval"], "task": task.name,
+                   "prompts_sha256": hashlib.sha256(prompts).hexdigest(), "device": str(device).split(":")[0]}
+    from .rewards.pretrained import RewardOptions
+
+    defaults = RewardOptions().model_dump()
+    reward = {k: v for k, v in (config.get("reward") or {}).items() if k not in ("device", "batch_size")}
+    if any(v != defaults.get(k) for k, v in reward.items()):  # default options keep the keys of older entries
+        ingredients["reward"] = reward
+    return ingredients
 
 
 def cache_key(ingredients: dict[str, Any]) -> str:

@@ -272,3 +272,20 @@ def test_hub_failure_is_one_line_naming_the_repository(monkeypatch):
         rewards.get("hpsv2")(options={})
     msg = str(info.value)
     assert "'xswu/HPSv2' from the Hugging Face Hub" in msg and "\n" not in msg
+
+
+def test_reward_options_that_change_scores_are_part_of_the_base_evaluation_cache_key():
+    from alignbench.base_cache import cache_ingredients, cache_key
+    from alignbench.task import get_task
+    from alignbench.training.trainer import resolve_run_config
+
+    task = get_task("geneval")
+
+    def key(*sets):
+        cfg = resolve_run_config("flow_grpo", "geneval", "flux-dev", 0, overrides=list(sets))
+        return cache_key(cache_ingredients(cfg, task, "cuda"))
+
+    base = key()
+    assert key("reward.batch_size=4") == base and key("reward.device=cuda:1") == base
+    assert len({base, key("reward.source=/models/m2f"), key("reward.revision=abc"),
+                key("reward.dtype=bfloat16")}) == 4
