@@ -48,8 +48,12 @@ def machine_label(device: str) -> str:
 def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: str = "cpu",
                     overrides: list[str] | None = None, seed: int = 0,
                     progress: Callable[[str, int, int], None] | None = None,
-                    peak_flops: float | None = None) -> dict[str, Any]:
+                    peak_flops: float | None = None, speedups_on: bool = True) -> dict[str, Any]:
     """Run 1 warm-up + ``iterations`` training iterations of ``algo`` and summarise their cost.
+
+    ``speedups_on``: the engine's result-preserving speed-ups (:mod:`alignbench.perf`) on or off;
+    runs with the same arguments draw the same rollouts, so ``reward_means`` (per iteration) and
+    ``update_nfe_per_iteration`` show what the speed-ups changed.
 
     Returns:
         ``{"algorithm", "iterations", "seconds": {phase: {"median", "min"}}, "nfe_per_iteration",
@@ -60,6 +64,7 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
         ConfigError: a bad override (names the field).
     """
     from .models.spec import ModelSpec
+    from .perf import speedups
     from .training.trainer import Trainer, resolve_run_config, task_for_run
 
     cfg = resolve_run_config(algo, task, model, seed, overrides=overrides, iterations=iterations + 1)
@@ -70,7 +75,7 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
 
     forward = backbone_forward_flops(backbone)
     rows = []
-    with tempfile.TemporaryDirectory(prefix="alignbench-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="alignbench-bench-") as tmp, speedups(speedups_on):
         trainer = Trainer(Path(tmp), cfg, backbone, t)
         for it in range(iterations + 1):
             t0 = time.perf_counter()
@@ -88,9 +93,11 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
     # achieved model FLOP/s of the rollout phase: transformer rows × analytic forward FLOPs / seconds
     rollout_flops = float(statistics.median(r["nfe_rollout"] * forward / r["seconds"]["rollout"] for r in measured))
     return {
-        "algorithm": algo, "iterations": iterations, "seconds": seconds,
+        "algorithm": algo, "speedups": speedups_on, "iterations": iterations, "seconds": seconds,
         "nfe_per_iteration": mean("nfe"), "nfe_rollout_per_iteration": mean("nfe_rollout"),
         "trained_edges_per_iteration": mean("trained_edges"),
+        "update_nfe_per_iteration": float(statistics.fmean(r["nfe"] - r["nfe_rollout"] for r in measured)),
+        "reward_means": [r["reward_mean"] for r in rows],
         "plan_nfe_rollout_per_iteration": mean("plan_nfe_rollout"),
         "plan_trained_edges_per_iteration": mean("plan_trained_edges"),
         "analytic_ok": all(r["nfe_rollout"] == r["plan_nfe_rollout"] and r["trained_edges"] == r["plan_trained_edges"]
@@ -109,7 +116,11 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
 def render_markdown(result: dict[str, Any]) -> str:
     """The bench table: one row per algorithm, seconds as median (min), and the ratio to Flow-GRPO."""
     head = ["algorithm", "s/it median (min)", "rollout s", "reward s", "update s", "NFE/it", "rollout NFE/it",
-            "edges/it", "analytic counts", "rows/s", "rollout TFLOP/s", "rollout MFU", "peak MB", "÷ flow_grpo"]
+            "edges/it", "update NFE/it", "analytic counts", "rows/s", "rollout TFLOP/s", "rollout MFU", "peak MB",
+            "÷ flow_grpo"]
+    both = len({a.get("speedups", True) for a in result["algorithms"]}) == 2
+    if both:
+        head = head[:1] + ["speed-ups"] + head[1:] + ["÷ off", "same rewards"]
     lines = [f"# bench: {result['model']} on {result['machine']}", "",
              f"Produced by `{result['command']}` on {result['date']} (alignbench commit {result['commit']}; "
              f"device {result['device']}, torch {result['torch']}, {result['threads']} threads); "
@@ -120,18 +131,30 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"{result['peak_tflops']:.0f} TFLOP/s." if result.get("peak_tflops") else
                 "MFU needs a CUDA device and is not reported here."), "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    base = next((a for a in result["algorithms"] if a["algorithm"] == "flow_grpo"), None)
+    if both:
+        lines[2] += (" Each algorithm ran twice from the same seed: speed-ups off (the engine before issue 19's "
+                     "item 4) and on; \"same rewards\" compares the reward means of every iteration.")
     for a in result["algorithms"]:
+        on = a.get("speedups", True)
+        base = next((b for b in result["algorithms"] if b["algorithm"] == "flow_grpo" and b.get("speedups", True) == on),
+                    None)
         s = a["seconds"]
         ratio = f"{s['total']['median'] / base['seconds']['total']['median']:.2f}" if base else "—"
-        lines.append("| " + " | ".join([
-            a["algorithm"], f"{s['total']['median']:.2f} ({s['total']['min']:.2f})", f"{s['rollout']['median']:.2f}",
-            f"{s['reward']['median']:.2f}", f"{s['update']['median']:.2f}", f"{a['nfe_per_iteration']:.0f}",
-            f"{a['nfe_rollout_per_iteration']:.0f}", f"{a['trained_edges_per_iteration']:.0f}",
-            "match" if a["analytic_ok"] else "MISMATCH", f"{a['rows_per_second']:.0f}",
-            f"{a['rollout_tflops_per_s']:.3g}",
-            f"{100 * a['mfu_rollout']:.1f}%" if a.get("mfu_rollout") is not None else "—",
-            f"{a['peak_memory_mb']:.0f}", ratio]) + " |")
+        cells = [a["algorithm"], f"{s['total']['median']:.2f} ({s['total']['min']:.2f})", f"{s['rollout']['median']:.2f}",
+                 f"{s['reward']['median']:.2f}", f"{s['update']['median']:.2f}", f"{a['nfe_per_iteration']:.0f}",
+                 f"{a['nfe_rollout_per_iteration']:.0f}", f"{a['trained_edges_per_iteration']:.0f}",
+                 f"{a.get('update_nfe_per_iteration', float('nan')):.0f}",
+                 "match" if a["analytic_ok"] else "MISMATCH", f"{a['rows_per_second']:.0f}",
+                 f"{a['rollout_tflops_per_s']:.3g}",
+                 f"{100 * a['mfu_rollout']:.1f}%" if a.get("mfu_rollout") is not None else "—",
+                 f"{a['peak_memory_mb']:.0f}", ratio]
+        if both:
+            off = next(b for b in result["algorithms"] if b["algorithm"] == a["algorithm"] and not b.get("speedups", True))
+            cells.insert(1, "on" if on else "off")
+            cells.append(f"{s['total']['median'] / off['seconds']['total']['median']:.2f}")
+            same = max(abs(x - y) for x, y in zip(a["reward_means"], off["reward_means"], strict=True))
+            cells.append("yes" if same == 0 else f"max Δ {same:.2g}")
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

@@ -65,3 +65,22 @@ def test_bench_runs_the_real_architectures_scaled_down_with_no_download(tmp_path
         cfg = transformer_config("sd3", 0.04)
         assert cfg["num_layers"] == 1 and cfg["dual_attention_layers"] == (0,)
         assert a["forward_gflops"] == sd3_forward_flops(cfg, 16, 77 + 8) / 1e9
+
+
+def test_bench_speedups_both_measures_off_and_on_with_the_same_rewards(tmp_path):
+    """--speedups both: each algorithm off then on from the same seed. TreeGRPO's 3-ary window trains
+    3 + 9 + 27 edges per prompt from 1 + 3 + 9 nodes, so shared nodes cut the update's transformer
+    rows by exactly 3 while every iteration's reward mean stays the same."""
+    res = CliRunner().invoke(app, ["bench", "--algo", "treegrpo", "--iterations", "1", "--speedups", "both",
+                                   "--out", str(tmp_path), "--set", "protocol.prompts_per_iteration=1",
+                                   "--set", "protocol.group_size=27", "--set", "protocol.train_steps=6"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(next(tmp_path.rglob("tiny-shapes.json")).read_text())
+    off, on = result["algorithms"]
+    assert (off["speedups"], on["speedups"]) == (False, True)
+    assert off["trained_edges_per_iteration"] == on["trained_edges_per_iteration"] == 39
+    assert off["update_nfe_per_iteration"] == 3 * on["update_nfe_per_iteration"] > 0
+    assert off["reward_means"] == on["reward_means"]
+    assert "| treegrpo | on |" in res.output and "| yes |" in res.output
+    bad = CliRunner().invoke(app, ["bench", "--speedups", "fast"])
+    assert bad.exit_code == 2 and "--speedups: 'fast' is not allowed; allowed: on, off, both" in bad.output

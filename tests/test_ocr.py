@@ -47,3 +47,24 @@ def test_score_returns_float_tensors_per_key():
     out = OcrReward().score(batch, ['a sign that says "MUTE"'] * 2, [{}, {}])
     assert set(out) == {"ocr", "exact"} and out["ocr"].dtype == torch.float32 and out["ocr"].shape == (2,)
     assert out["exact"].tolist() == [1.0, 0.0] and out["ocr"][1] == 0.0
+
+
+def test_batched_detection_gives_the_readings_of_one_by_one():
+    """The batched_ocr speed-up (CRAFT on a batch of images) reads exactly what image-by-image
+    reading does: boxes, texts and confidences, on clean signs, noisy signs and a blank image,
+    with a batch that does not divide the image count."""
+    from alignbench.perf import speedups
+    from alignbench.world.prompts import ocr_splits
+    from alignbench.world.sample import render_records
+
+    _, test = ocr_splits()
+    imgs = render_records(test[:4], "ocr", seed=5)
+    rng = np.random.default_rng(0)
+    imgs += [np.clip(i.astype(int) + rng.integers(-70, 70, i.shape), 0, 255).astype(np.uint8) for i in imgs[:2]]
+    imgs.append(np.full_like(imgs[0], 200))
+    reward = OcrReward()
+    batched = reward.read_many(imgs, batch=3)
+    with speedups(False):
+        one_by_one = reward.read_many(imgs)
+    assert batched == one_by_one
+    assert sum(bool(text) for text, _ in batched) >= 4 and batched[-1] == ("", [])

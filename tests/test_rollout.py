@@ -153,3 +153,38 @@ def test_a_depths_nodes_forwarded_in_one_batch_give_the_log_probs_of_one_by_one(
     assert bb.nfe - nfe0 == len(PROMPTS) * plan.nfe_per_prompt()  # one row per node: prefixes computed once
     torch.testing.assert_close(batched.log_prob, one.log_prob, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(batched.leaves, one.leaves, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("plan,parents", [(chain(3), 3 * 3), (tree_grpo(), 1 + 2), (tmpo(), 3 + 9)])
+def test_siblings_share_their_start_node_and_the_update_evaluates_it_once(bb, plan, parents):
+    """The children of a branch point have one parent id (same x and prompt); recomputing with
+    shared nodes costs one row per node (the analytic count) and gives the same log-probs, means
+    and parameter gradients as one row per edge."""
+    emb = bb.encode_prompts(PROMPTS)
+    seeds = [[10 * p + r for r in range(plan.n_roots)] for p in range(2)]
+    ro = execute(bb, plan, emb, seeds, generator=torch.Generator().manual_seed(4))
+    assert plan.update_rows_per_prompt() == parents
+    assert plan.update_rows_per_prompt(share_nodes=False) == plan.edges_per_prompt()
+    assert len(ro.parent.unique()) == 2 * parents
+    for node in ro.parent.unique():
+        m = ro.parent == node
+        assert torch.equal(ro.x[m], ro.x[m][:1].expand_as(ro.x[m])) and len(ro.edge_prompt[m].unique()) == 1
+    params = [p for p in bb.transformer.parameters()][:6]
+    w = torch.randn(ro.x.shape[0], generator=torch.Generator().manual_seed(0))
+    out = {}
+    for share in (False, True):
+        for p in params:
+            p.requires_grad_(True)
+            p.grad = None
+        nfe0 = bb.nfe
+        lp, mean = recompute_log_prob(bb, ro, emb, share_nodes=share)
+        rows = bb.nfe - nfe0
+        (w * lp).sum().backward()
+        out[share] = (lp.detach(), mean.detach(), [p.grad.clone() for p in params], rows)
+        for p in params:
+            p.requires_grad_(False)
+    assert out[True][3] == 2 * plan.update_rows_per_prompt() and out[False][3] == ro.x.shape[0]
+    assert torch.allclose(out[True][0], out[False][0], atol=1e-6)
+    assert torch.allclose(out[True][1], out[False][1], atol=1e-6)
+    for g_shared, g_each in zip(out[True][2], out[False][2], strict=True):
+        assert torch.allclose(g_shared, g_each, rtol=1e-4, atol=1e-6)

@@ -129,3 +129,22 @@ def test_gradient_checkpointing_gives_the_same_gradients(bb):
     assert ckpt["loss"] == pytest.approx(plain["loss"], rel=1e-6)
     assert g_plain.abs().sum() > 0
     torch.testing.assert_close(g_ckpt, g_plain, rtol=1e-5, atol=1e-8)
+
+
+@pytest.mark.parametrize("mb", [1, 2, 3, 7, 64])
+def test_edge_chunks_keep_siblings_together_within_the_micro_batch(bb, mb):
+    from alignbench.perf import speedups
+    from alignbench.training.update import edge_chunks
+
+    emb = bb.encode_prompts(PROMPTS)
+    ro = execute(bb, tmpo(), emb, [[1, 2, 3], [4, 5, 6]], generator=torch.Generator().manual_seed(0))
+    chunks = edge_chunks(ro, mb)
+    assert torch.equal(torch.cat(chunks), torch.arange(ro.x.shape[0]))
+    for c in chunks:  # a node's 3 children are never split; a chunk exceeds mb only to hold one node
+        assert len(c) <= max(mb, 3)
+        for node in ro.parent[c].unique():
+            assert int((ro.parent == node).sum()) == int((ro.parent[c] == node).sum())
+    if mb == 7:
+        assert [len(c) for c in chunks[:2]] == [6, 6]  # two nodes of 3 fit in 7, a third does not
+    with speedups(False):
+        assert [len(c) for c in edge_chunks(ro, mb)][:1] == [min(mb, ro.x.shape[0])]

@@ -23,6 +23,8 @@ def bench_cmd(
     set_: Annotated[list[str] | None, typer.Option("--set", help="override protocol.* or model.* fields (the same for every algorithm)")] = None,
     out: Annotated[Path, typer.Option(help="root of the bench tables: <out>/<machine>/<model>.json and .md")] = Path("results/bench"),
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
+    speedups: Annotated[str, typer.Option(help="the engine's result-preserving speed-ups (alignbench.perf): on, off, "
+                                                "or both (each algorithm off then on, with a ÷ off column)")] = "on",
 ) -> None:
     """Measure one training iteration of each algorithm (no evaluation): seconds split into rollout,
     reward and update (median and min over the iterations after a warm-up), NFE and trained
@@ -44,6 +46,9 @@ def bench_cmd(
         from ..flops import matmul_peak_flops
 
         peak = matmul_peak_flops(device, "bfloat16")
+    if speedups not in ("on", "off", "both"):
+        raise UserError(f"--speedups: '{speedups}' is not allowed; allowed: on, off, both")
+    settings = {"on": [True], "off": [False], "both": [False, True]}[speedups]
     names = [a.strip() for a in algo.split(",") if a.strip()]
     bad = [o for o in (set_ or []) if not o.startswith(("protocol.", "model."))]
     if bad:
@@ -58,8 +63,11 @@ def bench_cmd(
             bar.update(tasks[name], completed=done)
 
         for name in names:
-            results.append(bench_algorithm(name, task, model, iterations, device, set_ or [], progress=report,
-                                           peak_flops=peak))
+            for on in settings:
+                label = name if len(settings) == 1 else f"{name} ({'on' if on else 'off'})"
+                results.append(bench_algorithm(name, task, model, iterations, device, set_ or [],
+                                               progress=lambda _n, d, t, label=label: report(label, d, t),
+                                               peak_flops=peak, speedups_on=on))
     result = {"model": model, "task": task, "machine": machine_label(device), "device": device,
               "iterations": iterations, "threads": torch.get_num_threads(), "torch": torch.__version__,
               "commit": git_commit() or "unknown", "command": command_line(),

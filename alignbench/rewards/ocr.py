@@ -95,25 +95,51 @@ class OcrReward(Reward):
         self.device = device
         self.seconds = 0.0  # total time spent reading, for cost reports
         self.images_read = 0
+        self.detector_batch = 16  # images per CRAFT forward when batched (bounded memory: ~1 GB at 256²)
 
-    def read(self, image: np.ndarray) -> tuple[str, list[tuple[list[float], str, float]]]:
-        """Recognised text of one uint8 [H, W, 3] image and the raw readings
-        [(box [x0, y0, x1, y1] in input pixels, text, confidence)], sorted left to right."""
-        t0 = time.perf_counter()
+    def _upscaled(self, image: np.ndarray) -> np.ndarray:
         h, w = image.shape[:2]
-        big = np.asarray(Image.fromarray(image).resize((w * self.upscale, h * self.upscale), Image.BICUBIC))
-        reader = _reader(self.device.startswith("cuda"))
-        with _quiet():
-            results = reader.readtext(big, detail=1, paragraph=False)
+        return np.asarray(Image.fromarray(image).resize((w * self.upscale, h * self.upscale), Image.BICUBIC))
+
+    def _readings(self, results: list) -> tuple[str, list[tuple[list[float], str, float]]]:
         readings = []
         for quad, text, conf in results:
             q = np.asarray(quad, dtype=np.float64) / self.upscale
             readings.append(([float(q[:, 0].min()), float(q[:, 1].min()), float(q[:, 0].max()), float(q[:, 1].max())],
                              str(text), float(conf)))
         readings.sort(key=lambda r: r[0][0])
-        self.seconds += time.perf_counter() - t0
-        self.images_read += 1
         return "".join(r[1] for r in readings if r[2] > 0), readings
+
+    def read(self, image: np.ndarray) -> tuple[str, list[tuple[list[float], str, float]]]:
+        """Recognised text of one uint8 [H, W, 3] image and the raw readings
+        [(box [x0, y0, x1, y1] in input pixels, text, confidence)], sorted left to right."""
+        return self.read_many([image], batch=1)[0]
+
+    def read_many(self, images: list[np.ndarray], batch: int | None = None) -> list[tuple[str, list]]:
+        """:meth:`read` of every image. With the ``batched_ocr`` speed-up (:mod:`alignbench.perf`) and
+        images of one size, the CRAFT detector sees ``batch`` images per forward
+        (``Reader.readtext_batched``; recognition stays per text box): the same readings as one by
+        one (tested), about 25% less time on a 2-core CPU. ``batch``: default
+        :attr:`detector_batch`; 1 reads image by image."""
+        from ..perf import enabled
+
+        t0 = time.perf_counter()
+        reader = _reader(self.device.startswith("cuda"))
+        big = [self._upscaled(img) for img in images]
+        n = batch or (self.detector_batch if enabled("batched_ocr") else 1)
+        out: list[tuple[str, list]] = []
+        with _quiet():
+            if n > 1 and len({b.shape for b in big}) == 1:
+                for s in range(0, len(big), n):
+                    chunk = big[s:s + n]
+                    res = reader.readtext_batched(chunk, detail=1, paragraph=False) if len(chunk) > 1 else \
+                        [reader.readtext(chunk[0], detail=1, paragraph=False)]
+                    out.extend(self._readings(r) for r in res)
+            else:
+                out.extend(self._readings(reader.readtext(b, detail=1, paragraph=False)) for b in big)
+        self.seconds += time.perf_counter() - t0
+        self.images_read += len(images)
+        return out
 
     def validate_metadata(self, record: dict, where: str) -> None:
         prompt = record.get("prompt")
@@ -126,9 +152,11 @@ class OcrReward(Reward):
 
     def details(self, images: Any, prompts: list[str], metadata: list[dict]) -> list[dict]:
         out = []
-        for img, prompt in zip(to_uint8_images(images), prompts, strict=True):
+        arrays = list(to_uint8_images(images))
+        if len(arrays) != len(prompts):
+            raise ValueError(f"{len(arrays)} images but {len(prompts)} prompts")
+        for (text, readings), prompt in zip(self.read_many(arrays), prompts, strict=True):
             target = ocr_target(prompt)
-            text, readings = self.read(img)
             out.append({"target": target, "recognized": text,
                         "ocr": ocr_reward(text, target),
                         "exact": float(normalize(text) == normalize(target)),

@@ -88,6 +88,19 @@ class RolloutPlan:
             total += nodes if s.trained else 0
         return total
 
+    def update_rows_per_prompt(self, share_nodes: bool = True) -> int:
+        """Transformer rows per prompt of one pass of the update over all trained edges: the start
+        nodes of the trained steps (one row per node, shared by its children) with ``share_nodes``,
+        else one row per trained edge (:meth:`edges_per_prompt`)."""
+        if not share_nodes:
+            return self.edges_per_prompt()
+        p = self.normalized()
+        nodes, total = p.n_roots, 0
+        for s in p.steps:
+            total += nodes if s.trained else 0
+            nodes *= s.fanout
+        return total
+
     def validate(self, sigmas: Sequence[float]) -> None:
         """Check the plan against a σ grid.
 
@@ -129,6 +142,9 @@ class Rollout:
         edge_prompt: long [E].
         incidence: float [L, E] M[l, e] = 1 if edge e lies on leaf l's path.
         nfe: transformer rows evaluated.
+        parent: long [E] id of each edge's start node (unique within the rollout): the children of
+            one branch point share it, and so share x, σ and prompt, hence the velocity
+            (:func:`recompute_log_prob` evaluates it once per node). None: every edge its own node.
     """
 
     leaves: torch.Tensor
@@ -144,6 +160,7 @@ class Rollout:
     incidence: torch.Tensor
     nfe: int
     plan: RolloutPlan = field(repr=False, default=None)
+    parent: torch.Tensor | None = None
 
     def path_log_prob(self, edge_log_prob: torch.Tensor | None = None) -> torch.Tensor:
         """log P(τ_l) = Σ_e M[l, e]·log π_e, float [L] (the stored old log-probs by default)."""
@@ -187,8 +204,8 @@ def execute(backbone, plan: RolloutPlan, embeds, root_seeds: Sequence[Sequence[i
     paths: list[tuple[int, ...]] = [(r,) for _ in range(n_prompts) for r in range(norm.n_roots)]
     edge_lists: list[list[int]] = [[] for _ in seeds]
     rec: dict[str, list] = {k: [] for k in ("x", "x_next", "sigma", "sigma_next", "step", "log_prob", "mean",
-                                            "prompt")}
-    n_edges, nfe_before = 0, backbone.nfe
+                                            "prompt", "parent")}
+    n_edges, n_nodes, nfe_before = 0, 0, backbone.nfe
     history = None  # (x̂0 of the previous step, its σ) for multistep kernels
     for i, spec in enumerate(norm.steps):
         s, sn = float(sigmas[i]), float(sigmas[i + 1])
@@ -226,6 +243,8 @@ def execute(backbone, plan: RolloutPlan, embeds, root_seeds: Sequence[Sequence[i
             rec["log_prob"].append(out.log_prob.cpu())
             rec["mean"].append(out.mean.cpu())
             rec["prompt"].append(child_prompt.clone())
+            rec["parent"].append(n_nodes + torch.arange(x.shape[0]).repeat_interleave(k))
+        n_nodes += x.shape[0]
         x, prompt, paths, edge_lists = out.sample, child_prompt, child_paths, child_edges
     incidence = torch.zeros(x.shape[0], n_edges)
     for leaf, edges in enumerate(edge_lists):
@@ -241,20 +260,32 @@ def execute(backbone, plan: RolloutPlan, embeds, root_seeds: Sequence[Sequence[i
         sigma=cat("sigma", torch.zeros(0, dtype=torch.float64)), sigma_next=cat("sigma_next", torch.zeros(0, dtype=torch.float64)),
         step=cat("step", torch.zeros(0, dtype=torch.long)), log_prob=cat("log_prob", torch.zeros(0)),
         mean=cat("mean", torch.zeros(0, *latent)), edge_prompt=cat("prompt", torch.zeros(0, dtype=torch.long)),
-        incidence=incidence, nfe=backbone.nfe - nfe_before, plan=norm)
+        incidence=incidence, nfe=backbone.nfe - nfe_before, plan=norm,
+        parent=cat("parent", torch.zeros(0, dtype=torch.long)))
 
 
 def recompute_log_prob(backbone, rollout: Rollout, embeds, edges: torch.Tensor | slice | None = None,
-                       reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor]:
+                       reduction: str = "mean", share_nodes: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """log π_θ and μ_θ of stored edges under the backbone's *current* weights (with grad).
+
+    The velocity is a function of the start node (x, σ, prompt) only, so the children of one branch
+    point need one transformer row, not one each: with ``share_nodes`` the selected edges of a step
+    are reduced to their distinct ``rollout.parent`` nodes, the velocity is evaluated once per node
+    and expanded to the edges (the gradient of the siblings' terms then flows through the shared
+    row; same values and gradients up to float rounding, tested). A tree with fan-out k at its trained
+    steps needs 1/k of the rows.
 
     Args:
         embeds: prompt embeddings, one row per prompt of the rollout.
         edges: which edges (default all).
+        share_nodes: evaluate shared start nodes once (default: :data:`alignbench.perf.SPEEDUPS`).
 
     Returns:
         (log_prob float [E'], mean float [E', T, C]).
     """
+    from ..perf import enabled
+
+    share = enabled("share_nodes") if share_nodes is None else share_nodes
     idx = torch.arange(rollout.x.shape[0])[edges if edges is not None else slice(None)]
     plan = rollout.plan
     lps: list[torch.Tensor | None] = [None] * len(idx)
@@ -264,9 +295,17 @@ def recompute_log_prob(backbone, rollout: Rollout, embeds, edges: torch.Tensor |
         pos = (steps == step).nonzero().flatten()
         sel = idx[pos]
         spec = plan.steps[step]
-        x = rollout.x[sel].to(backbone.device)
         s, sn = float(rollout.sigma[sel][0]), float(rollout.sigma_next[sel][0])
-        v = backbone.velocity(x, s, embeds.index(rollout.edge_prompt[sel]))
+        if share and rollout.parent is not None:
+            nodes, inverse = torch.unique(rollout.parent[sel], return_inverse=True)
+            first = torch.zeros(len(nodes), dtype=torch.long).scatter_(0, inverse.flip(0),
+                                                                        torch.arange(len(sel)).flip(0))
+            rep = sel[first]  # one edge per node
+            v_node = backbone.velocity(rollout.x[rep].to(backbone.device), s, embeds.index(rollout.edge_prompt[rep]))
+            v = v_node[inverse.to(v_node.device)]
+        else:
+            v = backbone.velocity(rollout.x[sel].to(backbone.device), s, embeds.index(rollout.edge_prompt[sel]))
+        x = rollout.x[sel].to(backbone.device)
         res = KERNELS[spec.kernel](x, v, s, sn, spec.eta, sample=rollout.x_next[sel].to(backbone.device),
                                    reduction=reduction)
         for j, p in enumerate(pos.tolist()):

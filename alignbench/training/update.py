@@ -52,6 +52,31 @@ def edge_std(rollout: Rollout) -> torch.Tensor:
     return out
 
 
+def edge_chunks(rollout: Rollout, micro_batch: int) -> list[torch.Tensor]:
+    """Consecutive edge batches of at most ``micro_batch`` edges (one node's children alone may exceed
+    it) that do not split the children of a start node, so that each node's velocity is evaluated
+    once (:func:`recompute_log_prob` with shared nodes). Without ``rollout.parent``, or with the
+    ``share_nodes`` speed-up off: plain slices of ``micro_batch`` edges.
+
+    Returns:
+        long index tensors covering 0..E-1 in order.
+    """
+    from ..perf import enabled
+
+    n = rollout.x.shape[0]
+    if rollout.parent is None or not enabled("share_nodes"):
+        return [torch.arange(s, min(s + micro_batch, n)) for s in range(0, n, micro_batch)]
+    # boundaries: where the parent id changes (siblings are stored next to each other)
+    starts = [0] + [i for i in range(1, n) if int(rollout.parent[i]) != int(rollout.parent[i - 1])] + [n]
+    chunks, begin = [], 0
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        if b - begin > micro_batch and a > begin:
+            chunks.append(torch.arange(begin, a))
+            begin = a
+    chunks.append(torch.arange(begin, n))
+    return chunks
+
+
 def _reduce(sq: torch.Tensor, reduction: str) -> torch.Tensor:
     flat = sq.reshape(sq.shape[0], -1)
     return flat.mean(1) if reduction == "mean" else flat.sum(1)
@@ -92,7 +117,7 @@ def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, ad
         raise ValueError("the rollout has no trained edges")
     red, mb, beta = cfg.logprob_reduction, cfg.micro_batch, cfg.kl_beta
     std = edge_std(rollout)
-    chunks = [torch.arange(s, min(s + mb, n_edges)) for s in range(0, n_edges, mb)]
+    chunks = edge_chunks(rollout, mb)
     kl_total = 0.0
     gate = algo.kl_edge_weights(rollout)
     gate = torch.ones(n_edges) if gate is None else gate.detach().float()

@@ -1,0 +1,44 @@
+"""Switches for the engine's speed-ups that leave results unchanged (issue 19, item 4).
+
+Each speed-up is on by default. ``alignbench bench --speedups both`` measures every algorithm
+with all of them off and then on, in one run, so that their effect is a before/after pair from the
+same process and machine; tests compare the results of both settings.
+
+Speed-ups:
+
+* ``share_nodes``: the update evaluates the velocity once per distinct start node of the trained
+  edges (:func:`alignbench.sampling.plan.recompute_log_prob`): the k children of a branch point
+  share x, σ and prompt, so a tree update needs 1/k of the transformer rows.
+* ``batched_ocr``: the OCR reward runs EasyOCR's CRAFT text detector on all images of a call in
+  one batch instead of image by image (:class:`alignbench.rewards.ocr.OcrReward`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+#: name → on/off; every speed-up is on unless a caller turns it off.
+SPEEDUPS: dict[str, bool] = {"share_nodes": True, "batched_ocr": True}
+
+
+def enabled(name: str) -> bool:
+    """Whether speed-up ``name`` is on.
+
+    Raises:
+        KeyError: unknown name (the allowed names are the keys of :data:`SPEEDUPS`).
+    """
+    if name not in SPEEDUPS:
+        raise KeyError(f"unknown speed-up {name!r}; allowed: {', '.join(SPEEDUPS)}")
+    return SPEEDUPS[name]
+
+
+@contextmanager
+def speedups(on: bool) -> Iterator[None]:
+    """Turn every speed-up on or off inside the block (restored afterwards)."""
+    saved = dict(SPEEDUPS)
+    SPEEDUPS.update(dict.fromkeys(SPEEDUPS, on))
+    try:
+        yield
+    finally:
+        SPEEDUPS.update(saved)
