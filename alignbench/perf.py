@@ -1,6 +1,7 @@
 """Switches for the engine's speed-ups that leave results unchanged (issue 19, item 4).
 
-Each speed-up is on by default. ``alignbench bench --speedups both`` measures every algorithm
+Each speed-up is on by default; the environment variable ``ALIGNBENCH_SPEEDUPS=off`` turns them
+all off for any command (e.g. to time ``alignbench run`` as it was before them). ``alignbench bench --speedups both`` measures every algorithm
 with all of them off and then on, in one run, so that their effect is a before/after pair from the
 same process and machine; tests compare the results of both settings.
 
@@ -15,11 +16,18 @@ Speed-ups:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-#: name → on/off; every speed-up is on unless a caller turns it off.
-SPEEDUPS: dict[str, bool] = {"share_nodes": True, "batched_ocr": True}
+from .errors import UserError
+
+_ENV = os.environ.get("ALIGNBENCH_SPEEDUPS", "on").strip().lower()
+if _ENV not in ("on", "off"):
+    raise UserError(f"ALIGNBENCH_SPEEDUPS: '{_ENV}' is not allowed; allowed: on, off")
+
+#: name → on/off; every speed-up is on unless ALIGNBENCH_SPEEDUPS=off or a caller turns it off.
+SPEEDUPS: dict[str, bool] = dict.fromkeys(("share_nodes", "batched_ocr"), _ENV == "on")
 
 
 def enabled(name: str) -> bool:

@@ -149,12 +149,13 @@ def environment() -> dict[str, Any]:
     import transformers
 
     from .. import __version__
+    from ..perf import SPEEDUPS
 
     env = {"alignbench": __version__, "git_commit": git_commit(), "python": platform.python_version(),
            "torch": torch.__version__, "diffusers": diffusers.__version__, "transformers": transformers.__version__,
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-           "command": command_line()}
+           "command": command_line(), "speedups": dict(SPEEDUPS)}
     return env
 
 
