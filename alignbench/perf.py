@@ -10,6 +10,10 @@ Speed-ups:
 * ``share_nodes``: the update evaluates the velocity once per distinct start node of the trained
   edges (:func:`alignbench.sampling.plan.recompute_log_prob`): the k children of a branch point
   share x, σ and prompt, so a tree update needs 1/k of the transformer rows.
+* ``cache_reference``: the KL term's reference means μ_ref (a no-grad forward of the reference
+  policy per edge batch) are computed by an iteration's first inner update and reused by the
+  others (:func:`alignbench.training.update.accumulate_gradients`): the reference and the rollout
+  do not change within an iteration, so the values are the same bit for bit.
 * ``batched_ocr``: the OCR reward runs EasyOCR's CRAFT text detector on all images of a call in
   one batch instead of image by image (:class:`alignbench.rewards.ocr.OcrReward`).
 """
@@ -27,7 +31,7 @@ if _ENV not in ("on", "off"):
     raise UserError(f"ALIGNBENCH_SPEEDUPS: '{_ENV}' is not allowed; allowed: on, off")
 
 #: name → on/off; every speed-up is on unless ALIGNBENCH_SPEEDUPS=off or a caller turns it off.
-SPEEDUPS: dict[str, bool] = dict.fromkeys(("share_nodes", "batched_ocr"), _ENV == "on")
+SPEEDUPS: dict[str, bool] = dict.fromkeys(("share_nodes", "cache_reference", "batched_ocr"), _ENV == "on")
 
 
 def enabled(name: str) -> bool:

@@ -148,3 +148,26 @@ def test_edge_chunks_keep_siblings_together_within_the_micro_batch(bb, mb):
         assert [len(c) for c in chunks[:2]] == [6, 6]  # two nodes of 3 fit in 7, a third does not
     with speedups(False):
         assert [len(c) for c in edge_chunks(ro, mb)][:1] == [min(mb, ro.x.shape[0])]
+
+
+def test_cached_reference_means_give_the_same_kl_and_gradients_bit_for_bit(bb):
+    """Two inner updates with the KL term: the second reuses the first's μ_ref (cache_reference),
+    skips its reference forwards, and gives exactly the loss, KL and gradients of recomputing them."""
+    emb = bb.encode_prompts(PROMPTS)
+    ro = execute(bb, chain(3), emb, [[1, 2, 3], [4, 5, 6]], generator=torch.Generator().manual_seed(0))
+    _perturb(bb, 5)
+    adv = torch.randn(ro.leaves.shape[0], generator=torch.Generator().manual_seed(6))
+    algo = FlowGRPO(FlowGRPO.Config(eta=0.9, kl_beta=0.5, clip_range=0.01, micro_batch=4), _ctx(bb, 3, 4))
+    results = []
+    for cache in (None, {}):
+        runs = []
+        for _ in range(2):  # two inner updates on the same rollout and reference
+            _zero(bb)
+            nfe0 = bb.nfe
+            st = accumulate_gradients(bb, algo, ro, emb, adv, reuse_old=False, reference_cache=cache)
+            runs.append((st, _grads(bb), bb.nfe - nfe0))
+        results.append(runs)
+    (plain1, plain2), (cached1, cached2) = results
+    n = ro.x.shape[0]
+    assert plain2[2] == cached1[2] == 2 * n and cached2[2] == n  # policy + reference rows; reference cached
+    assert cached2[0] == plain2[0] and torch.equal(cached2[1], plain2[1]) and cached2[0]["kl"] > 0

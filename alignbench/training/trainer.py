@@ -470,11 +470,13 @@ class Trainer:
         self._plan_memory(rollout, embeds)
         upd: list[dict[str, float]] = []
         grad_norms = []
+        reference_cache: dict = {}  # μ_ref per edge batch, shared by this iteration's inner updates
         for u in range(c.inner_updates):
             self.optimizer.zero_grad(set_to_none=True)
             with self.acc.autocast():
                 st = accumulate_gradients(bb, self.algo, rollout, embeds, adv, reuse_old=(u == 0),
-                                          backward=self.acc.backward, reference_state=self.reference_state)
+                                          backward=self.acc.backward, reference_state=self.reference_state,
+                                          reference_cache=reference_cache)
             self._check(it, "loss", st["loss"])
             if self.acc.num_processes > 1:
                 for p in self.params:

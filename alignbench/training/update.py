@@ -84,7 +84,8 @@ def _reduce(sq: torch.Tensor, reduction: str) -> torch.Tensor:
 
 def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, advantages: torch.Tensor,
                          *, reuse_old: bool, backward: Callable[[torch.Tensor], None] | None = None,
-                         reference_state: dict[str, torch.Tensor] | None = None) -> dict[str, float]:
+                         reference_state: dict[str, torch.Tensor] | None = None,
+                         reference_cache: dict | None = None) -> dict[str, float]:
     """Compute one inner update's loss and accumulate its gradient into the trained parameters
     (no optimizer step).
 
@@ -101,6 +102,10 @@ def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, ad
         backward: ``loss.backward`` replacement (e.g. ``accelerator.backward``).
         reference_state: LoRA parameter values of the reference policy (a snapshot; see
             ``backbone.reference``); None = the adapter disabled.
+        reference_cache: a dict kept across the inner updates of one iteration (and only those: the
+            rollout and the reference must be the same): the reference means μ_ref of each edge
+            batch are computed by the first inner update and reused by the others, the same values
+            bit for bit (the ``cache_reference`` speed-up of :mod:`alignbench.perf`; None = no cache).
 
     The KL term is β·Σ_e g_e·KL_e / E with g = ``algo.kl_edge_weights(rollout)`` (1 by default; GARDO's
     gate); the reported ``kl`` is the unweighted mean over edges.
@@ -122,10 +127,20 @@ def accumulate_gradients(backbone, algo: Algorithm, rollout: Rollout, embeds, ad
     gate = algo.kl_edge_weights(rollout)
     gate = torch.ones(n_edges) if gate is None else gate.detach().float()
 
+    from ..perf import enabled
+
+    cache = reference_cache if enabled("cache_reference") else None
+
     def kl_term(idx: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
         nonlocal kl_total
-        with torch.no_grad(), backbone.reference(reference_state):
-            _, ref_mean = recompute_log_prob(backbone, rollout, embeds, idx, red)
+        key = (int(idx[0]), len(idx))
+        if cache is not None and key in cache:
+            ref_mean = cache[key].to(mean.device)
+        else:
+            with torch.no_grad(), backbone.reference(reference_state):
+                _, ref_mean = recompute_log_prob(backbone, rollout, embeds, idx, red)
+            if cache is not None:
+                cache[key] = ref_mean.detach()
         kl = reference_kl(mean, ref_mean, std[idx].to(mean.device), rollout.sigma[idx].to(mean.device),
                           rollout.sigma_next[idx].to(mean.device))
         kl_total += float(kl.detach().sum())
