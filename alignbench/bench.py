@@ -63,11 +63,15 @@ def bench_algorithm(algo: str, task: str, model: str, iterations: int, device: s
     Raises:
         ConfigError: a bad override (names the field).
     """
-    from .models.spec import ModelSpec
+    from .models.spec import ModelSpec, get_model
     from .perf import speedups
     from .training.trainer import Trainer, resolve_run_config, task_for_run
 
-    cfg = resolve_run_config(algo, task, model, seed, overrides=overrides, iterations=iterations + 1)
+    extra = []
+    if get_model(model).random and not any(o.startswith("eval.features_source=") for o in overrides or []):
+        extra = ["eval.features_source=pooled"]  # GARDO's diversity features without DINOv2 weights
+    cfg = resolve_run_config(algo, task, model, seed, overrides=[*(overrides or []), *extra],
+                             iterations=iterations + 1)
     spec = ModelSpec.model_validate(cfg["model"])
     backbone = spec.load(device)
     t = task_for_run(cfg, device)
@@ -121,9 +125,10 @@ def render_markdown(result: dict[str, Any]) -> str:
     both = len({a.get("speedups", True) for a in result["algorithms"]}) == 2
     if both:
         head = head[:1] + ["speed-ups"] + head[1:] + ["÷ off", "same rewards"]
+    runs = result.get("runs") or [result]
+    produced = "; then ".join(f"`{r['command']}` on {r['date']} (alignbench commit {r['commit']})" for r in runs)
     lines = [f"# bench: {result['model']} on {result['machine']}", "",
-             f"Produced by `{result['command']}` on {result['date']} (alignbench commit {result['commit']}; "
-             f"device {result['device']}, torch {result['torch']}, {result['threads']} threads); "
+             f"Produced by {produced}; device {result['device']}, torch {result['torch']}, {result['threads']} threads; "
              f"{result['iterations']} measured iterations after one warm-up, task {result['task']}. "
              f"Seconds per phase are medians. One transformer forward: {result['algorithms'][0]['forward_gflops']:.1f} "
              "GFLOP per sample (analytic, alignbench.flops). "

@@ -38,7 +38,8 @@ class EvalConfig(StrictModel):
     batch_size: int = Field(128, ge=1, description="images per transformer forward")
     grid_prompts: int = Field(8, ge=1, description="prompts in the sample grid (× images_per_prompt, max 4)")
     features_source: str | None = Field(None, description="natural-image diversity features: DINOv2 Hub id or "
-                                        "local directory (default facebook/dinov2-large); unused on shapes")
+                                        "local directory (default facebook/dinov2-large), or 'pooled' for the weight-free "
+                                        "pooled pixels (bench on the random models); unused on shapes")
 
 
 #: Evaluation presets per (model, task) on top of :class:`EvalConfig`'s defaults. The embedded tasks

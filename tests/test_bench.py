@@ -49,13 +49,16 @@ def test_bench_runs_the_real_architectures_scaled_down_with_no_download(tmp_path
             "protocol.prompts_per_iteration=1", "protocol.train_steps=3", "protocol.lora_rank=2"]
     if model == "sd35m-random":
         sets.append("model.max_sequence_length=8")
-    args = ["bench", "--model", model, "--algo", "flow_grpo", "--iterations", "1", "--out", str(tmp_path)]
+    # GARDO needs diversity features: on the random models they are the weight-free pooled pixels
+    algos = "flow_grpo,gardo" if model == "sd35m-random" else "flow_grpo"
+    args = ["bench", "--model", model, "--algo", algos, "--iterations", "1", "--out", str(tmp_path)]
     for s in sets:
         args += ["--set", s]
     res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, res.output
     result = json.loads((next(tmp_path.rglob(f"{model}.json"))).read_text())
     a = result["algorithms"][0]
+    assert all(b["analytic_ok"] for b in result["algorithms"]) and len(result["algorithms"]) == len(algos.split(","))
     assert result["task"] == "bench" and a["analytic_ok"] and a["mfu_rollout"] is None
     assert a["nfe_rollout_per_iteration"] == 2 * 3 * (2 if model == "sd35m-random" else 1)  # CFG 4.5: 2 rows
     assert a["rollout_tflops_per_s"] > 0
@@ -84,3 +87,19 @@ def test_bench_speedups_both_measures_off_and_on_with_the_same_rewards(tmp_path)
     assert "| treegrpo | on |" in res.output and "| yes |" in res.output
     bad = CliRunner().invoke(app, ["bench", "--speedups", "fast"])
     assert bad.exit_code == 2 and "--speedups: 'fast' is not allowed; allowed: on, off, both" in bad.output
+
+
+def test_bench_append_adds_algorithms_to_the_table_and_refuses_a_different_protocol(tmp_path):
+    """--append keeps the other algorithms' rows, replaces the re-measured one, lists both commands;
+    a table measured under other --set values is refused in one line naming the field."""
+    base = ["bench", "--iterations", "1", "--out", str(tmp_path), *SMALL]
+    assert CliRunner().invoke(app, [*base, "--algo", "flow_grpo"]).exit_code == 0
+    res = CliRunner().invoke(app, [*base, "--algo", "mixgrpo", "--append"])
+    assert res.exit_code == 0, res.output
+    result = json.loads(next(tmp_path.rglob("tiny-shapes.json")).read_text())
+    assert [a["algorithm"] for a in result["algorithms"]] == ["flow_grpo", "mixgrpo"]
+    assert len(result["runs"]) == 2 and all(r["commit"] and r["date"] for r in result["runs"])
+    md = next(tmp_path.rglob("tiny-shapes.md")).read_text()
+    assert "| flow_grpo |" in md and "| mixgrpo |" in md and "; then `" in md
+    bad = CliRunner().invoke(app, ["bench", "--iterations", "1", "--out", str(tmp_path), "--algo", "tmpo", "--append"])
+    assert bad.exit_code == 2 and "--append: the" in bad.output and "has overrides" in bad.output

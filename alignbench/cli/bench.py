@@ -13,6 +13,25 @@ from .common import _progress, _set_threads, console, user_errors
 
 
 @user_errors
+def _appended(new: dict, old: dict) -> dict:
+    """``new`` merged into ``old``, the table on disk for its machine and model (see ``--append``).
+
+    Raises:
+        UserError: the tables differ in task, device, iterations, overrides, threads or speed-ups.
+    """
+    path = f"the {new['machine']}/{new['model']} table"
+    for key in ("task", "device", "iterations", "overrides", "speedups", "threads"):
+        if old.get(key) != new[key]:
+            raise UserError(f"--append: the table in {path} has {key} {old.get(key)!r}, this run {new[key]!r}; "
+                            "allowed: the same task, device, iterations, --set, threads and --speedups")
+    names = {a["algorithm"] for a in new["algorithms"]}
+    runs = old.get("runs") or [{k: old[k] for k in ("command", "commit", "date", "torch")}]
+    merged = dict(new)
+    merged["algorithms"] = [a for a in old["algorithms"] if a["algorithm"] not in names] + new["algorithms"]
+    merged["runs"] = [*runs, {k: new[k] for k in ("command", "commit", "date", "torch")}]
+    return merged
+
+
 def bench_cmd(
     model: Annotated[str, typer.Option(help="registered model (tiny-shapes, flux-dev, …) or pkg.module:NAME")] = "tiny-shapes",
     algo: Annotated[str, typer.Option(help="comma-separated algorithms")] = "flow_grpo,mixgrpo,treegrpo,gardo,tmpo",
@@ -25,6 +44,9 @@ def bench_cmd(
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
     speedups: Annotated[str, typer.Option(help="the engine's result-preserving speed-ups (alignbench.perf): on, off, "
                                                 "or both (each algorithm off then on, with a ÷ off column)")] = "on",
+    append: Annotated[bool, typer.Option(help="add these algorithms to the existing table of this machine and "
+                                              "model (same task, device, iterations, --set and speed-ups), "
+                                              "replacing their old rows; the table lists every command")] = False,
 ) -> None:
     """Measure one training iteration of each algorithm (no evaluation): seconds split into rollout,
     reward and update (median and min over the iterations after a warm-up), NFE and trained
@@ -53,7 +75,24 @@ def bench_cmd(
     bad = [o for o in (set_ or []) if not o.startswith(("protocol.", "model."))]
     if bad:
         raise UserError(f"--set {bad[0]}: bench shares one protocol; allowed sections: protocol, model")
-    results = []
+    import json
+
+    machine = machine_label(device)
+    prior = out / machine / f"{model}.json"
+    old = json.loads(prior.read_text()) if append and prior.is_file() else None
+    results: list[dict] = []
+
+    def table() -> dict:
+        result = {"model": model, "task": task, "machine": machine, "device": device,
+                  "iterations": iterations, "threads": torch.get_num_threads(), "torch": torch.__version__,
+                  "commit": git_commit() or "unknown", "command": command_line(),
+                  "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "algorithms": list(results),
+                  "peak_tflops": peak / 1e12 if peak else None, "peak_dtype": "bfloat16",
+                  "overrides": list(set_ or []), "speedups": speedups}
+        return _appended(result, old) if old is not None else result
+
+    if old is not None:
+        table()  # refuse a mismatched table before spending any time
     with _progress() as bar:
         tasks: dict[str, int] = {}
 
@@ -68,11 +107,8 @@ def bench_cmd(
                 results.append(bench_algorithm(name, task, model, iterations, device, set_ or [],
                                                progress=lambda _n, d, t, label=label: report(label, d, t),
                                                peak_flops=peak, speedups_on=on))
-    result = {"model": model, "task": task, "machine": machine_label(device), "device": device,
-              "iterations": iterations, "threads": torch.get_num_threads(), "torch": torch.__version__,
-              "commit": git_commit() or "unknown", "command": command_line(),
-              "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC"), "algorithms": results,
-              "peak_tflops": peak / 1e12 if peak else None, "peak_dtype": "bfloat16"}
-    jpath, mpath = write_bench(result, out)
+                # written after every algorithm (atomically), so that a failure later keeps the rows so far
+                jpath, mpath = write_bench(table(), out)
+    result = table()
     console.print(render_markdown(result), markup=False)
     console.print(f"wrote {jpath} and {mpath}", markup=False)

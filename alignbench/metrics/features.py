@@ -6,7 +6,9 @@
   size and placement all move these features. It is deterministic, needs no weights, and
   identical images give identical features.
 * ``natural``: DINOv2 ViT-L/14 (``facebook/dinov2-large``), the CLS token of ``last_hidden_state``,
-  loaded with ``transformers`` from the Hub or a local directory.
+  loaded with ``transformers`` from the Hub or a local directory. ``source="pooled"`` uses the pooled
+  pixels instead (no weights: ``alignbench bench`` on the random architectures, whose images carry
+  no meaning and whose runs must not need the Hub).
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ def dinov2_features(source: str = "facebook/dinov2-large", device: str = "cpu") 
 
 def feature_extractor(domain: str, source: str | None = None, device: str = "cpu") -> Callable[[np.ndarray], torch.Tensor]:
     """The feature extractor of a model domain (``shapes`` or ``natural``); ``source`` and ``device``
-    choose the natural domain's DINOv2 (default ``facebook/dinov2-large``, CPU).
+    choose the natural domain's DINOv2 (default ``facebook/dinov2-large``, CPU); ``source="pooled"``
+    gives the pooled pixels in either domain.
 
     Raises:
         ValueError: unknown domain (lists the known ones).
@@ -72,6 +75,8 @@ def feature_extractor(domain: str, source: str | None = None, device: str = "cpu
     if domain == "shapes":
         return pooled_pixels
     if domain == "natural":
+        if source == "pooled":
+            return pooled_pixels
         return dinov2_features(source or "facebook/dinov2-large", device)
     raise ValueError(f"domain: no feature extractor for '{domain}'; allowed: shapes, natural")
 
