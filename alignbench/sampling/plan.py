@@ -300,7 +300,7 @@ def recompute_log_prob(backbone, rollout: Rollout, embeds, edges: torch.Tensor |
             nodes, inverse = torch.unique(rollout.parent[sel], return_inverse=True)
             first = torch.zeros(len(nodes), dtype=torch.long).scatter_(0, inverse.flip(0),
                                                                         torch.arange(len(sel)).flip(0))
-            rep = sel[first]  # one edge per node
+            rep = sel[first]  # one edge per node (any of them: siblings hold the same x and prompt)
             v_node = backbone.velocity(rollout.x[rep].to(backbone.device), s, embeds.index(rollout.edge_prompt[rep]))
             v = v_node[inverse.to(v_node.device)]
         else:
