@@ -163,11 +163,21 @@ def render_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def table_stem(model: str, task: str) -> str:
+    """The table's file name without suffix: ``<model>`` for the model's default bench task
+    (geneval; ``bench`` for the random architectures), ``<model>-<task>`` for any other task."""
+    from .models.spec import get_model
+
+    default = "bench" if get_model(model).random else "geneval"
+    return model if task == default else f"{model}-{task}"
+
+
 def write_bench(result: dict[str, Any], out: str | Path) -> tuple[Path, Path]:
-    """Write ``<out>/<machine>/<model>.json`` and ``.md``; returns both paths."""
+    """Write ``<out>/<machine>/<stem>.json`` and ``.md`` (:func:`table_stem`); returns both paths."""
     folder = Path(out) / result["machine"]
     folder.mkdir(parents=True, exist_ok=True)
-    jpath, mpath = folder / f"{result['model']}.json", folder / f"{result['model']}.md"
+    stem = table_stem(result["model"], result["task"])
+    jpath, mpath = folder / f"{stem}.json", folder / f"{stem}.md"
     write_json(jpath, result)
     atomic_write_text(mpath, render_markdown(result))
     return jpath, mpath

@@ -101,5 +101,8 @@ def test_bench_append_adds_algorithms_to_the_table_and_refuses_a_different_proto
     assert len(result["runs"]) == 2 and all(r["commit"] and r["date"] for r in result["runs"])
     md = next(tmp_path.rglob("tiny-shapes.md")).read_text()
     assert "| flow_grpo |" in md and "| mixgrpo |" in md and "; then `" in md
+    from alignbench.bench import table_stem
+
+    assert table_stem("tiny-shapes", "ocr") == "tiny-shapes-ocr" and table_stem("flux-dev-random", "bench") == "flux-dev-random"
     bad = CliRunner().invoke(app, ["bench", "--iterations", "1", "--out", str(tmp_path), "--algo", "tmpo", "--append"])
     assert bad.exit_code == 2 and "--append: the" in bad.output and "has overrides" in bad.output

@@ -40,7 +40,7 @@ def bench_cmd(
     iterations: Annotated[int, typer.Option(min=1, help="measured iterations per algorithm (after one warm-up)")] = 3,
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
     set_: Annotated[list[str] | None, typer.Option("--set", help="override protocol.* or model.* fields (the same for every algorithm)")] = None,
-    out: Annotated[Path, typer.Option(help="root of the bench tables: <out>/<machine>/<model>.json and .md")] = Path("results/bench"),
+    out: Annotated[Path, typer.Option(help="root of the bench tables: <out>/<machine>/<model>.json and .md (<model>-<task>.* for a task other than the default)")] = Path("results/bench"),
     threads: Annotated[int | None, typer.Option(min=1, help="CPU threads for torch (default: torch's choice)")] = None,
     speedups: Annotated[str, typer.Option(help="the engine's result-preserving speed-ups (alignbench.perf): on, off, "
                                                 "or both (each algorithm off then on, with a ÷ off column)")] = "on",
@@ -53,7 +53,7 @@ def bench_cmd(
     transitions checked against the plan's analytic counts, rows per second, peak memory."""
     import torch
 
-    from ..bench import bench_algorithm, machine_label, render_markdown, write_bench
+    from ..bench import bench_algorithm, machine_label, render_markdown, table_stem, write_bench
     from ..reporting.rundir import command_line, git_commit
 
     _set_threads(threads)
@@ -78,7 +78,7 @@ def bench_cmd(
     import json
 
     machine = machine_label(device)
-    prior = out / machine / f"{model}.json"
+    prior = out / machine / f"{table_stem(model, task)}.json"
     old = json.loads(prior.read_text()) if append and prior.is_file() else None
     results: list[dict] = []
 
