@@ -136,6 +136,11 @@ def test_a_wsd_run_can_be_extended_while_stable_but_not_a_cosine_run(tmp_path):
     Pretrainer(PretrainConfig(**base), tmp_path / "w", max_seconds=0).run()  # stops after step 1
     longer = Pretrainer(PretrainConfig(**{**base, "steps": 20}), tmp_path / "w")
     assert longer.load_checkpoint() and longer.step == 1
+    # a decay branch of chosen length: decay over steps 2..9 of 9 (fraction 8/9), still stable at step 1
+    branch = Pretrainer(PretrainConfig(**{**base, "steps": 9, "decay_fraction": 8 / 9}), tmp_path / "w")
+    assert branch.load_checkpoint() and branch.step == 1
+    with pytest.raises(UserError, match="differs in decay_fraction, steps"):  # step 1 would be decaying
+        Pretrainer(PretrainConfig(**{**base, "steps": 2, "decay_fraction": 0.9}), tmp_path / "w").load_checkpoint()
     Pretrainer(PretrainConfig(**{**TINY, "steps": 8}), tmp_path / "c", max_seconds=0).run()
     with pytest.raises(UserError, match="differs in steps"):
         Pretrainer(PretrainConfig(**{**TINY, "steps": 20}), tmp_path / "c").load_checkpoint()

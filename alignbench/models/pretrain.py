@@ -98,7 +98,8 @@ class PretrainConfig(StrictModel):
     schedule: Literal["cosine", "wsd"] = Field("cosine", description="flow-phase lr schedule: cosine to 10% over "
                                                "`steps`, or warm-up–stable–decay (constant after the warm-up, "
                                                "linear decay to 0 over the last decay_fraction of `steps`; a wsd run "
-                                               "may be resumed with more steps while it is still in its stable part)")
+                                               "may be resumed with other steps and decay_fraction while it is still "
+                                               "in its stable part under both)")
     decay_fraction: float = Field(0.2, gt=0, le=1, description="wsd: share of `steps` spent decaying")
     adam_beta2: float = Field(0.999, gt=0, lt=1, description="AdamW β2 of the flow phase")
     tag_weights: dict[str, float] = Field(default_factory=lambda: dict.fromkeys(CAPTION_TAGS, 1.0),
@@ -452,10 +453,12 @@ class Pretrainer:
         # settings that do not change the weights may differ
         for k in ("probe", "checkpoint_every"):
             saved[k] = current[k]
-        # a wsd run may be extended (or shortened) while it has not started decaying under either length
+        # a wsd run may be extended or shortened, or given another decay fraction (a decay branch of
+        # chosen length from the current step), while it has not started decaying under either setting
         if (current["schedule"] == saved["schedule"] == "wsd" and state["phase"] == PHASE_FLOW
-                and state["step"] <= min(saved["steps"], current["steps"]) * (1 - current["decay_fraction"])):
-            saved["steps"] = current["steps"]
+                and state["step"] <= saved["steps"] * (1 - saved["decay_fraction"])
+                and state["step"] <= current["steps"] * (1 - current["decay_fraction"])):
+            saved["steps"], saved["decay_fraction"] = current["steps"], current["decay_fraction"]
         diff = sorted(k for k in current if saved.get(k) != current[k])
         if diff:
             raise UserError(f"{self.out}: holds a checkpoint of a different pretraining config (differs in "
