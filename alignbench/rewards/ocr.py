@@ -119,7 +119,8 @@ class OcrReward(Reward):
         """:meth:`read` of every image. With the ``batched_ocr`` speed-up (:mod:`alignbench.perf`) and
         images of one size, the CRAFT detector sees ``batch`` images per forward
         (``Reader.readtext_batched``; recognition stays per text box): the same readings as one by
-        one (tested), about 25% less time on a 2-core CPU. ``batch``: default
+        one (tested); no faster on an idle 2-core CPU (docs/bench.md): it is meant for GPUs, where a
+        batch of one leaves the device idle. ``batch``: default
         :attr:`detector_batch`; 1 reads image by image."""
         from ..perf import enabled
 
