@@ -234,9 +234,9 @@ def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
 GARDO_TINY = ["--set", "algo.reset_steps=5"]  # a reference reset every third iteration: its state must resume
 
 
-@pytest.mark.parametrize("sig,algo,extra,iters", [(signal.SIGINT, "tmpo", TMPO_TINY, 12),
+@pytest.mark.parametrize("sig,algo,extra,iters", [(signal.SIGINT, "tmpo", TMPO_TINY, 24),
                                                   (signal.SIGTERM, "flow_grpo", [], 12),
-                                                  (signal.SIGKILL, "tmpo", TMPO_TINY, 12),
+                                                  (signal.SIGKILL, "tmpo", TMPO_TINY, 24),
                                                   (signal.SIGKILL, "gardo", GARDO_TINY, 16)])
 def test_interrupted_run_resumes_to_identical_metrics(tmp_path, sig, algo, extra, iters):
     args = ["run", "--algo", algo, "--task", "geneval", "--iterations", str(iters), *TINY, *extra]

@@ -12,7 +12,6 @@ from ..errors import UserError
 from .common import _progress, _set_threads, console, user_errors
 
 
-@user_errors
 def _appended(new: dict, old: dict) -> dict:
     """``new`` merged into ``old``, the table on disk for its machine and model (see ``--append``).
 
@@ -32,6 +31,7 @@ def _appended(new: dict, old: dict) -> dict:
     return merged
 
 
+@user_errors
 def bench_cmd(
     model: Annotated[str, typer.Option(help="registered model (tiny-shapes, flux-dev, …) or pkg.module:NAME")] = "tiny-shapes",
     algo: Annotated[str, typer.Option(help="comma-separated algorithms")] = "flow_grpo,mixgrpo,treegrpo,gardo,tmpo",
