@@ -227,8 +227,14 @@ def _spawn(args: list[str], cwd: Path) -> subprocess.Popen:
     # alignbench/ lacks alignbench.tasks (mapped from tasks/ at install time)
     # the child runs at a lower priority than this test so that, on a loaded machine, the poll below
     # sees the first rows and signals before the child can race through the remaining iterations
+    # SIGINT back to its default: a test run started in the background by a shell without job control
+    # inherits SIGINT ignored, and Python then never installs its Ctrl-C handler in the child
+    def setup() -> None:
+        os.nice(10)
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+
     return subprocess.Popen([sys.executable, "-m", "alignbench.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd, preexec_fn=lambda: os.nice(10))
+                            stderr=subprocess.PIPE, text=True, cwd=cwd, preexec_fn=setup)
 
 
 GARDO_TINY = ["--set", "algo.reset_steps=5"]  # a reference reset every third iteration: its state must resume
