@@ -21,7 +21,7 @@ def _appended(new: dict, old: dict) -> dict:
     path = f"the {new['machine']}/{new['model']} table"
     for key in ("task", "device", "iterations", "overrides", "speedups", "threads"):
         if old.get(key) != new[key]:
-            raise UserError(f"--append: the table in {path} has {key} {old.get(key)!r}, this run {new[key]!r}; "
+            raise UserError(f"--append: {path} has {key} {old.get(key)!r}, this run {new[key]!r}; "
                             "allowed: the same task, device, iterations, --set, threads and --speedups")
     names = {a["algorithm"] for a in new["algorithms"]}
     runs = old.get("runs") or [{k: old[k] for k in ("command", "commit", "date", "torch")}]
