@@ -183,3 +183,15 @@ def test_plain_progress_prints_each_iteration_and_other_loops_every_30_seconds()
     lines = buf.getvalue().splitlines()
     assert lines == ["train: 0/3 (0 s)", "sample: 0/100 (0 s)", "sample: 60/100 (30 s)", "sample: 100/100 (50 s)",
                      "train reward 0.5: 1/3 (50 s)", "train reward 0.6: 2/3 (50 s)"]
+
+
+def test_a_bad_speedups_variable_is_one_line_and_leaves_no_run_directory(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**__import__("os").environ, "ALIGNBENCH_SPEEDUPS": "fast"}
+    res = subprocess.run([sys.executable, "-m", "alignbench.cli", "run", "--algo", "tmpo", "--task", "geneval",
+                          "--out", str(tmp_path / "runs")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 2
+    assert res.stderr.strip() == "error: ALIGNBENCH_SPEEDUPS: 'fast' is not allowed; allowed: on, off"
+    assert not (tmp_path / "runs").exists()

@@ -24,6 +24,8 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
+            from .. import perf  # noqa: F401 - checks ALIGNBENCH_SPEEDUPS before any work or run directory
+
             return fn(*args, **kwargs)
         except UserError as exc:
             err_console.print(f"error: {exc}", markup=False)
