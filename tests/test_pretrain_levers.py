@@ -222,3 +222,39 @@ def test_object_weighted_loss_weights_cells_by_object_coverage():
     err2 = torch.zeros(1, 64, 16)
     err2[0, 5] = 1.0  # the same error on background
     assert float(object_weighted_loss(err2, maps, 4.0)) == pytest.approx(16 / 1088)
+
+
+def test_model_guidance_adds_the_stopped_conditional_minus_unconditional_velocity_on_captioned_rows(tmp_path):
+    cfg = PretrainConfig(**{**TINY, "caption_dropout": 0.5, "model_guidance": 0.5, "align_weight": 0.5,
+                            "align_block": 1})
+    t = Pretrainer(cfg, tmp_path)
+    pipe = t.pipe
+    g = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 4, 16, 16, generator=g)
+    sigma = torch.tensor([0.3, 0.8])
+    img_ids = pipe._prepare_latent_image_ids(2, 8, 8, "cpu", torch.float32)
+    captions = ["a photo of a red circle", ""]
+
+    def velocity(prompts):
+        embeds, pooled, text_ids = pipe.encode_prompt(prompts, None, device="cpu",
+                                                      max_sequence_length=cfg.model.max_text_length)
+        return pipe.transformer(hidden_states=pipe._pack_latents(x_t, 2, 4, 16, 16), timestep=sigma,
+                                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                                img_ids=img_ids, return_dict=False)[0]
+
+    pred = velocity(captions)
+    hidden = t._hidden["h"]
+    with torch.no_grad():
+        expected = pred - velocity(["", ""])
+    t._hidden["h"] = hidden
+    term = t._guidance_term(pred, x_t, sigma, captions, img_ids, 4, 16, 16)
+    assert not term.requires_grad
+    torch.testing.assert_close(term[0], expected[0])
+    assert float(expected[0].abs().max()) > 1e-4  # the caption changes the velocity: the check has teeth
+    assert torch.equal(term[1], torch.zeros_like(term[1]))  # a dropped caption keeps the plain flow target
+    assert t._hidden["h"] is hidden  # the label head still reads the captioned forward's activations
+    # a short run trains with the term, and the setting needs caption dropout
+    Pretrainer(PretrainConfig(**{**TINY, "caption_dropout": 0.5, "model_guidance": 0.5, "steps": 2}),
+               tmp_path / "run").run()
+    with pytest.raises(ValueError, match="model_guidance > 0 needs caption_dropout > 0"):
+        PretrainConfig(**{**TINY, "model_guidance": 0.5})

@@ -34,7 +34,7 @@ from typing import Literal
 
 import numpy as np
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from ..config import StrictModel
 from ..errors import UserError
@@ -87,6 +87,13 @@ class PretrainConfig(StrictModel):
     caption_dropout: float = Field(0.0, ge=0, lt=1, description="probability of training on the empty prompt "
                                    "instead of the caption (flow phase), so that the model also learns the "
                                    "unconditional velocity used by classifier-free guidance (Ho & Salimans 2022)")
+    model_guidance: float = Field(0.0, ge=0, lt=1, description="w of model guidance (0 = off; Tang et al. 2025, "
+                                  "'Diffusion Models without Classifier-free Guidance', Eq. 12, with the flow target): "
+                                  "captioned rows are trained toward u + w·sg(v(x_t, c) − v(x_t, ∅)), u = ε − x₀, so that "
+                                  "one forward at sampling time approximates classifier-free guidance of scale 1/(1 − w); "
+                                  "needs caption_dropout > 0 so that v(x_t, ∅) is learnt")
+    model_guidance_start: int = Field(0, ge=0, description="flow step from which the model-guidance term is on "
+                                      "(before it, only caption dropout: the unconditional velocity is learnt first)")
     ema_decay: float = Field(0.0, ge=0, lt=1, description="EMA of the transformer/text-encoder weights in the "
                              "flow phase (0 = off); when on, the exported pipeline holds the EMA weights")
     init_components: tuple[str, ...] = Field(COMPONENTS, description="components copied from init_from (e.g. "
@@ -142,6 +149,12 @@ class PretrainConfig(StrictModel):
         if bad:
             raise ValueError(f"unknown component {bad[0]!r}; allowed: {', '.join(COMPONENTS)}")
         return tuple(v)
+
+    @model_validator(mode="after")
+    def _check_guidance(self) -> PretrainConfig:
+        if self.model_guidance > 0 and self.caption_dropout == 0:
+            raise ValueError("model_guidance > 0 needs caption_dropout > 0 (the unconditional velocity must be trained)")
+        return self
 
 
 # ---------------------------------------------------------------------------------------- captions
@@ -638,7 +651,11 @@ class Pretrainer:
                 guidance=(torch.ones(cfg.batch, device=self.device) if cfg.model.guidance_embeds else None),
                 pooled_projections=pooled, encoder_hidden_states=prompt_embeds, txt_ids=text_ids,
                 img_ids=img_ids, return_dict=False)[0]
-            err = (pred - pipe._pack_latents(target, cfg.batch, c, h, w)).pow(2)
+            packed_target = pipe._pack_latents(target, cfg.batch, c, h, w)
+            if cfg.model_guidance > 0 and self.step >= cfg.model_guidance_start:
+                packed_target = packed_target + cfg.model_guidance * self._guidance_term(
+                    pred, x_t, sigma, captions, img_ids, c, h, w)
+            err = (pred - packed_target).pow(2)
             flow_loss = err.mean()
             loss, align = flow_loss, None
             if cfg.object_weight > 0:
@@ -667,6 +684,36 @@ class Pretrainer:
                 self.save_checkpoint()
             if self.step < cfg.steps:
                 self._check_time()
+
+    def _guidance_term(self, pred: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, captions: list[str],
+                       img_ids: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+        """Model guidance's stop-gradient direction sg(v(x_t, c) − v(x_t, ∅)) (Tang et al. 2025, Eq. 12).
+
+        Args:
+            pred: (B, tokens, channels) the packed velocity just predicted for the batch's captions.
+            x_t: (B, C, H, W) noisy latents; sigma: (B,) noise levels; captions: the batch's prompts ("" = dropped).
+
+        Returns:
+            (B, tokens, channels), zero on the rows whose caption was dropped (they keep the plain target).
+            The unconditional velocity comes from one extra forward of the current weights without
+            gradient (the paper uses EMA weights; here the EMA trails by ~1,000 steps).
+        """
+        pipe, cfg = self.pipe, self.cfg
+        keep = torch.tensor([bool(t) for t in captions], device=pred.device)
+        if not keep.any():
+            return torch.zeros_like(pred)
+        hidden = dict(self._hidden)  # the label head's hook must keep the captioned forward's activations
+        with torch.no_grad():
+            embeds, pooled, text_ids = pipe.encode_prompt(
+                [""] * len(captions), None, device=self.device, max_sequence_length=cfg.model.max_text_length)
+            v_uncond = pipe.transformer(
+                hidden_states=pipe._pack_latents(x_t, len(captions), c, h, w), timestep=sigma.to(self.device),
+                guidance=(torch.ones(len(captions), device=self.device) if cfg.model.guidance_embeds else None),
+                pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
+                img_ids=img_ids, return_dict=False)[0]
+        self._hidden.clear()
+        self._hidden.update(hidden)
+        return (pred.detach() - v_uncond) * keep.view(-1, 1, 1).to(pred.dtype)
 
     def run_probe(self) -> dict:
         """Score the dev probe with the EMA weights (the current ones without EMA), append the row
