@@ -109,6 +109,47 @@ def test_label_maps_are_the_exact_coverage_of_each_object_and_sign():
     assert lab2[:-2].sum() == 0
 
 
+def test_letter_labels_split_the_sign_ink_into_each_letter_in_reading_order():
+    from alignbench.world.prompts import OCR_ALPHABET
+    from alignbench.world.scene import LETTER_CHANNELS, letter_layers, sign_layers
+
+    cfg = WorldConfig()
+    sign = SignSpec("WAXW", 32, 32, 56, 20, (240, 240, 240), (10, 10, 10), 16)
+    layers = letter_layers(sign, 64, cfg.supersample)
+    _, ink = sign_layers(sign, 64, cfg.supersample)
+    assert layers.shape == (4, 64, 64)
+    assert layers.sum() == pytest.approx(ink.sum(), rel=1e-9)  # the letters share out the string's ink
+    assert np.abs(layers.sum(0) - ink).max() <= 0.3  # pixel by pixel, up to glyph overlaps
+    xs = np.arange(64)
+    centroids = [(layer.sum(0) * xs).sum() / layer.sum() for layer in layers]
+    assert all(a + 4 < b for a, b in zip(centroids, centroids[1:], strict=False))  # left to right
+    scene = Scene(Background("flat", (0, 0, 0)), [], [sign])
+    img, lab = render_with_labels(scene, cfg, grid=16, letters=True)
+    assert np.array_equal(img, render(scene, cfg))
+    assert lab.shape == (len(LABEL_CHANNELS) + len(LETTER_CHANNELS), 16, 16)
+    _, plain = render_with_labels(scene, cfg, grid=16)
+    assert np.array_equal(lab[: len(LABEL_CHANNELS)], plain)  # the first channels are unchanged
+    w = len(LABEL_CHANNELS) + OCR_ALPHABET.index("W")
+    both_w = (layers[0] + layers[3]).reshape(16, 4, 16, 4).mean(axis=(1, 3))
+    assert np.allclose(lab[w], np.clip(both_w, 0, 1), atol=1e-6)  # the two W's in one channel
+    others = [i for i, ch in enumerate(OCR_ALPHABET) if ch not in "WAX"]
+    assert lab[[len(LABEL_CHANNELS) + i for i in others]].sum() == 0
+
+
+def test_label_alignment_with_letters_widens_the_head_and_trains(tmp_path):
+    cfg = PretrainConfig(**{**TINY, "align_weight": 0.5, "align_block": 1, "align_letters": True, "steps": 2,
+                            "ocr_fraction": 1.0})
+    from alignbench.world.scene import LETTER_CHANNELS
+
+    trainer = Pretrainer(cfg, tmp_path)
+    trainer.run()
+    n = len(LABEL_CHANNELS) + len(LETTER_CHANNELS)
+    assert trainer.align_head.out_features == 4 * n and trainer.labels.shape == (16, n, 16, 16)
+    assert trainer.labels[:, len(LABEL_CHANNELS):].float().sum() > 0  # every scene is a sign: letters present
+    with pytest.raises(ValueError, match="align_letters needs align_weight > 0"):
+        PretrainConfig(**{**TINY, "align_letters": True})
+
+
 def test_labels_are_packed_like_flux_packs_latents():
     pipe = build_tiny_pipeline(MICRO, seed=0)
     maps = torch.randn(3, 4, 16, 16)

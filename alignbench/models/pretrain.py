@@ -54,7 +54,7 @@ from ..world.prompts import (
     two_object_sample,
 )
 from ..world.sample import scene_for_record
-from ..world.scene import LABEL_CHANNELS, WorldConfig, render, render_with_labels
+from ..world.scene import LABEL_CHANNELS, LETTER_CHANNELS, WorldConfig, render, render_with_labels
 from .probe import DevProbe, ProbeConfig
 from .tiny import TinyFluxConfig, build_tiny_pipeline, count_parameters
 
@@ -121,6 +121,9 @@ class PretrainConfig(StrictModel):
                                 "2024, with the renderer's labels in place of a pretrained encoder)")
     align_block: int = Field(2, ge=0, description="block whose image-token output the label head reads (double-"
                              "stream blocks first, then single-stream, counted from 0)")
+    align_letters: bool = Field(False, description="the label head also predicts each sign character's own ink "
+                                "(one channel per letter of the OCR alphabet), so that the image tokens must know "
+                                "which letter goes where, not only where ink goes")
     align_steps: int | None = Field(None, ge=0, description="flow steps with the label-alignment loss (None = all)")
     object_weight: float = Field(0.0, ge=0, description="λ of the object-weighted flow loss (0 = plain MSE): each "
                                  "latent cell's squared error is weighted by 1 + λ·(its object + sign-ink coverage), "
@@ -154,6 +157,8 @@ class PretrainConfig(StrictModel):
     def _check_guidance(self) -> PretrainConfig:
         if self.model_guidance > 0 and self.caption_dropout == 0:
             raise ValueError("model_guidance > 0 needs caption_dropout > 0 (the unconditional velocity must be trained)")
+        if self.align_letters and self.align_weight == 0:
+            raise ValueError("align_letters needs align_weight > 0 (the letters are targets of the label head)")
         return self
 
 
@@ -190,17 +195,17 @@ class CaptionSampler:
 
 
 def render_batch(sampler: CaptionSampler, rng: np.random.Generator, n: int,
-                 world: WorldConfig, labels: bool = False):
+                 world: WorldConfig, labels: bool = False, letters: bool = False):
     """``n`` (prompt, image) pairs; images float [n, 3, H, W] in [-1, 1]. With ``labels``, also the
     renderer's per-cell labels, float [n, len(LABEL_CHANNELS), H/4, W/4] in [0, 1] (same images:
-    the label maps come from the same draw)."""
+    the label maps come from the same draw; with ``letters``, followed by the LETTER_CHANNELS)."""
     prompts, images, maps = [], [], []
     for _ in range(n):
         fmt, rec = sampler(rng)
         prompts.append(rec["prompt"])
         scene = scene_for_record(rec, fmt, rng, world)
         if labels:
-            img, lab = render_with_labels(scene, world, grid=world.image_size // 4)
+            img, lab = render_with_labels(scene, world, grid=world.image_size // 4, letters=letters)
             maps.append(lab)
         else:
             img = render(scene, world)
@@ -264,7 +269,7 @@ def object_weighted_loss(err: torch.Tensor, maps: torch.Tensor, lam: float) -> t
 
     Args:
         err: squared errors of packed latents, [N, T, 4·C] (T tokens of 2×2 cells × C channels).
-        maps: the renderer's label maps of the same images, [N, len(LABEL_CHANNELS), h, w] in [0, 1].
+        maps: the renderer's label maps of the same images, [N, L ≥ len(LABEL_CHANNELS), h, w] in [0, 1].
         lam: λ ≥ 0.
 
     Returns:
@@ -272,7 +277,8 @@ def object_weighted_loss(err: torch.Tensor, maps: torch.Tensor, lam: float) -> t
         coverage + sign-ink coverage) of the cell; λ = 0 gives the plain mean.
     """
     c = err.shape[-1] // 4
-    cover = (maps[:, : len(CLASSES)].sum(1, keepdim=True) + maps[:, -1:]).clamp(0, 1)
+    ink = len(LABEL_CHANNELS) - 1  # "sign:ink" (letter channels, if any, come after it)
+    cover = (maps[:, : len(CLASSES)].sum(1, keepdim=True) + maps[:, ink:ink + 1]).clamp(0, 1)
     wgt = 1 + lam * pack_labels(cover.expand(-1, c, -1, -1).contiguous())
     return (err * wgt).mean() / wgt.mean()
 
@@ -379,7 +385,8 @@ class Pretrainer:
             raise UserError(f"align_block: {self.cfg.align_block} is out of range; allowed: 0–{len(blocks) - 1}")
         dim = tr.config.num_attention_heads * tr.config.attention_head_dim
         g = torch.Generator().manual_seed(self.cfg.seed + 7)
-        self.align_head = torch.nn.Linear(dim, 4 * len(LABEL_CHANNELS))
+        n_labels = len(LABEL_CHANNELS) + (len(LETTER_CHANNELS) if self.cfg.align_letters else 0)
+        self.align_head = torch.nn.Linear(dim, 4 * n_labels)
         with torch.no_grad():
             self.align_head.weight.copy_(torch.randn(self.align_head.weight.shape, generator=g) * dim ** -0.5)
             self.align_head.bias.zero_()
@@ -588,7 +595,9 @@ class Pretrainer:
         want_labels = cfg.align_weight > 0 or cfg.object_weight > 0
         if cache.exists():
             data = load_checkpoint_file(cache)
-            if not want_labels or data.get("labels") is not None:
+            n_labels = len(LABEL_CHANNELS) + (len(LETTER_CHANNELS) if cfg.align_letters else 0)
+            cached = data.get("labels")
+            if not want_labels or (cached is not None and cached.shape[1] == n_labels):
                 self.latents, self.prompts = data["latents"], data["prompts"]
                 self.labels = data.get("labels")
                 self.pipe.vae.register_to_config(shift_factor=data["shift"], scaling_factor=data["scale"])
@@ -600,7 +609,8 @@ class Pretrainer:
         with torch.no_grad():
             for start in range(0, cfg.pool_size, chunk):
                 rng, _ = _gen(cfg.seed, 2, start)
-                out = render_batch(self.sampler, rng, min(chunk, cfg.pool_size - start), self.world, labels=want_labels)
+                out = render_batch(self.sampler, rng, min(chunk, cfg.pool_size - start), self.world, labels=want_labels,
+                                   letters=cfg.align_letters)
                 p, x = out[0], out[1]
                 if want_labels:
                     maps.append((out[2] * 255).round().to(torch.uint8))

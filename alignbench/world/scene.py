@@ -20,6 +20,7 @@ from pydantic import Field, model_validator
 
 from ..config import StrictModel
 from .palette import CLASSES, COLORS, PALETTE_RGB, srgb_to_lab
+from .prompts import OCR_ALPHABET
 
 
 class WorldConfig(StrictModel):
@@ -207,6 +208,32 @@ def sign_layers(sign: SignSpec, size: int, supersample: int) -> tuple[np.ndarray
     return down[0], down[1]
 
 
+def letter_layers(sign: SignSpec, size: int, supersample: int) -> np.ndarray:
+    """Ink coverage of each character of ``sign.text``, float [len(text), size, size] in [0, 1].
+
+    The string is drawn as :func:`sign_layers` draws it (anchor "mm": origin at the centre of its
+    advance width); character i's ink is the ink of the prefix text[:i+1] minus that of text[:i],
+    both drawn from the same left origin, so that the layers add up to the string's ink (up to
+    anti-aliasing overlaps of neighbouring glyphs)."""
+    s = supersample
+    font = load_font(sign.font_size * s)
+    left = sign.cx * s - font.getlength(sign.text) / 2
+    prev = np.zeros((size, size))
+    out = np.zeros((len(sign.text), size, size))
+    for i in range(len(sign.text)):
+        im = Image.new("L", (size * s, size * s), 0)
+        ImageDraw.Draw(im).text((left, sign.cy * s), sign.text[: i + 1], font=font, fill=255, anchor="lm")
+        cur = np.asarray(im, dtype=np.float64).reshape(size, s, size, s).mean(axis=(1, 3)) / 255.0
+        out[i] = np.clip(cur - prev, 0, 1)
+        prev = cur
+    return out
+
+
+#: Extra channels of :func:`render_with_labels` with ``letters=True``: the ink coverage of each
+#: character of :data:`~alignbench.world.prompts.OCR_ALPHABET`, after :data:`LABEL_CHANNELS`.
+LETTER_CHANNELS: tuple[str, ...] = tuple(f"letter:{ch}" for ch in OCR_ALPHABET)
+
+
 #: Channels of :func:`render_with_labels`' label maps: object class coverage (one per class), object
 #: colour coverage (one per colour), sign panel and sign ink coverage.
 LABEL_CHANNELS: tuple[str, ...] = (*(f"class:{c}" for c in CLASSES), *(f"color:{c}" for c in COLORS),
@@ -214,14 +241,15 @@ LABEL_CHANNELS: tuple[str, ...] = (*(f"class:{c}" for c in CLASSES), *(f"color:{
 
 
 def render_with_labels(scene: Scene, config: WorldConfig | None = None,
-                       grid: int = 16) -> tuple[np.ndarray, np.ndarray]:
+                       grid: int = 16, letters: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """Draw ``scene`` and return the renderer's exact per-cell labels with it.
 
     Returns:
         (image, labels): image uint8 [H, W, 3] (identical to :func:`render`); labels float32
         [len(LABEL_CHANNELS), grid, grid], the coverage in [0, 1] of each channel of
         :data:`LABEL_CHANNELS` over each of the grid×grid cells (the VAE latent's cells for
-        ``grid`` = H/4). Used by pretraining's label-alignment loss only.
+        ``grid`` = H/4), followed with ``letters`` by the :data:`LETTER_CHANNELS` (each sign
+        character's own ink, :func:`letter_layers`). Used by pretraining's label losses only.
 
     Raises:
         ValueError: an object has an unknown class or colour; ``grid`` does not divide H.
@@ -231,7 +259,9 @@ def render_with_labels(scene: Scene, config: WorldConfig | None = None,
     if size % grid:
         raise ValueError(f"grid ({grid}) must divide image_size ({size})")
     f = size // grid
-    labels = np.zeros((len(LABEL_CHANNELS), size, size), dtype=np.float64)
+    n_base = len(LABEL_CHANNELS)
+    n_all = n_base + (len(LETTER_CHANNELS) if letters else 0)
+    labels = np.zeros((n_all, size, size), dtype=np.float64)
     img = render_background(scene.background, size)
     n_cls = len(CLASSES)
     for obj in scene.objects:
@@ -245,9 +275,13 @@ def render_with_labels(scene: Scene, config: WorldConfig | None = None,
         pa, ta = sign_layers(sign, size, cfg.supersample)
         img = img * (1 - pa[..., None]) + np.array(sign.panel_color, dtype=np.float64) * pa[..., None]
         img = img * (1 - ta[..., None]) + np.array(sign.text_color, dtype=np.float64) * ta[..., None]
-        labels[-2] += pa
-        labels[-1] += ta
-    cells = labels.reshape(len(LABEL_CHANNELS), grid, f, grid, f).mean(axis=(2, 4))
+        labels[n_base - 2] += pa
+        labels[n_base - 1] += ta
+        if letters:
+            for ch, layer in zip(sign.text, letter_layers(sign, size, cfg.supersample), strict=True):
+                if ch in OCR_ALPHABET:
+                    labels[n_base + OCR_ALPHABET.index(ch)] += layer
+    cells = labels.reshape(n_all, grid, f, grid, f).mean(axis=(2, 4))
     return np.clip(np.rint(img), 0, 255).astype(np.uint8), np.clip(cells, 0, 1).astype(np.float32)
 
 
