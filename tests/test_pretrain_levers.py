@@ -294,8 +294,14 @@ def test_model_guidance_adds_the_stopped_conditional_minus_unconditional_velocit
     assert float(expected[0].abs().max()) > 1e-4  # the caption changes the velocity: the check has teeth
     assert torch.equal(term[1], torch.zeros_like(term[1]))  # a dropped caption keeps the plain flow target
     assert t._hidden["h"] is hidden  # the label head still reads the captioned forward's activations
-    # a short run trains with the term, and the setting needs caption dropout
-    Pretrainer(PretrainConfig(**{**TINY, "caption_dropout": 0.5, "model_guidance": 0.5, "steps": 2}),
-               tmp_path / "run").run()
+    # the term changes training from model_guidance_start on, and not before it
+    def weights(name, **kw):
+        r = Pretrainer(PretrainConfig(**{**TINY, "caption_dropout": 0.5, "steps": 2, **kw}), tmp_path / name)
+        r.run()
+        return r.pipe.transformer.proj_out.weight.detach()
+
+    plain = weights("plain")
+    assert not torch.equal(weights("mg", model_guidance=0.5), plain)
+    assert torch.equal(weights("late", model_guidance=0.5, model_guidance_start=2), plain)
     with pytest.raises(ValueError, match="model_guidance > 0 needs caption_dropout > 0"):
         PretrainConfig(**{**TINY, "model_guidance": 0.5})

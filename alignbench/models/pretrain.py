@@ -88,7 +88,7 @@ class PretrainConfig(StrictModel):
                                    "instead of the caption (flow phase), so that the model also learns the "
                                    "unconditional velocity used by classifier-free guidance (Ho & Salimans 2022)")
     model_guidance: float = Field(0.0, ge=0, lt=1, description="w of model guidance (0 = off; Tang et al. 2025, "
-                                  "'Diffusion Models without Classifier-free Guidance', Eq. 12, with the flow target): "
+                                  "'Diffusion Models without Classifier-free Guidance', arXiv 2502.12154, its MG objective with the flow target): "
                                   "captioned rows are trained toward u + w·sg(v(x_t, c) − v(x_t, ∅)), u = ε − x₀, so that "
                                   "one forward at sampling time approximates classifier-free guidance of scale 1/(1 − w); "
                                   "needs caption_dropout > 0 so that v(x_t, ∅) is learnt")
@@ -697,7 +697,7 @@ class Pretrainer:
 
     def _guidance_term(self, pred: torch.Tensor, x_t: torch.Tensor, sigma: torch.Tensor, captions: list[str],
                        img_ids: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
-        """Model guidance's stop-gradient direction sg(v(x_t, c) − v(x_t, ∅)) (Tang et al. 2025, Eq. 12).
+        """Model guidance's stop-gradient direction sg(v(x_t, c) − v(x_t, ∅)) (Tang et al. 2025, arXiv 2502.12154, the MG objective ε' = ε + w·sg(ε_c − ε_∅), here with velocities).
 
         Args:
             pred: (B, tokens, channels) the packed velocity just predicted for the batch's captions.
@@ -712,8 +712,7 @@ class Pretrainer:
         keep = torch.tensor([bool(t) for t in captions], device=pred.device)
         if not keep.any():
             return torch.zeros_like(pred)
-        hidden = dict(self._hidden)  # the label head's hook must keep the captioned forward's activations
-        with torch.no_grad():
+        with torch.no_grad():  # no gradient: the label head's hook keeps the captioned forward's activations
             embeds, pooled, text_ids = pipe.encode_prompt(
                 [""] * len(captions), None, device=self.device, max_sequence_length=cfg.model.max_text_length)
             v_uncond = pipe.transformer(
@@ -721,8 +720,6 @@ class Pretrainer:
                 guidance=(torch.ones(len(captions), device=self.device) if cfg.model.guidance_embeds else None),
                 pooled_projections=pooled, encoder_hidden_states=embeds, txt_ids=text_ids,
                 img_ids=img_ids, return_dict=False)[0]
-        self._hidden.clear()
-        self._hidden.update(hidden)
         return (pred.detach() - v_uncond) * keep.view(-1, 1, 1).to(pred.dtype)
 
     def run_probe(self) -> dict:
