@@ -16,6 +16,8 @@ from alignbench.models.pretrain import (
     CaptionSampler,
     PretrainConfig,
     Pretrainer,
+    letter_loss,
+    letter_targets,
     lr_at,
     pack_labels,
     zero_init_adaln,
@@ -148,6 +150,48 @@ def test_label_alignment_with_letters_widens_the_head_and_trains(tmp_path):
     assert trainer.labels[:, len(LABEL_CHANNELS):].float().sum() > 0  # every scene is a sign: letters present
     with pytest.raises(ValueError, match="align_letters needs align_weight > 0"):
         PretrainConfig(**{**TINY, "align_letters": True})
+
+
+def test_letter_targets_name_the_letter_with_most_ink_in_each_token_and_skip_faint_tokens():
+    maps = torch.zeros(1, 3, 4, 4)  # 3 letters, 4×4 cells = 2×2 tokens
+    maps[0, 1, 0:2, 0:2] = 0.5      # token 0: letter 1 everywhere (mean ink 0.5)
+    maps[0, 2, 0, 0] = 0.3          # … and a little of letter 2 (mean 0.075): letter 1 still wins
+    maps[0, 0, 0:2, 2:4] = 0.04     # token 1: faint letter 0 (mean 0.04 < 0.08): left out
+    maps[0, 2, 2, 0] = 0.4          # token 2: letter 2 in one cell (mean 0.1)
+    target, mask = letter_targets(maps, 0.08)
+    assert mask.tolist() == [[True, False, True, False]]
+    assert target[0, 0].item() == 1 and target[0, 2].item() == 2
+    logits = torch.zeros(1, 4, 3, requires_grad=True)
+    with torch.no_grad():
+        logits[0, 0, 1] = 2.0  # right on token 0, uniform (wrong argmax tie → index 0) on token 2
+    loss, acc, n = letter_loss(logits, maps, 0.08)
+    hand = (-torch.log_softmax(torch.tensor([0.0, 2.0, 0.0]), 0)[1] + np.log(3)) / 2
+    assert n == 2 and acc == 0.5 and loss.item() == pytest.approx(hand.item(), rel=1e-6)
+    loss.backward()
+    assert logits.grad[0, 1].abs().sum() == 0 and logits.grad[0, 3].abs().sum() == 0  # uncounted tokens
+    assert letter_loss(logits, torch.zeros(1, 3, 4, 4), 0.08) is None
+
+
+def test_letter_loss_trains_its_own_head_and_needs_letter_labels(tmp_path):
+    base = {**TINY, "align_weight": 0.5, "align_block": 1, "align_letters": True, "ocr_fraction": 1.0}
+    rows = []
+    trainer = Pretrainer(PretrainConfig(**{**base, "letter_weight": 1.0}), tmp_path / "on",
+                         progress=lambda phase, step, total, row: rows.append(row))
+    head0 = trainer.letter_head.weight.detach().clone()
+    trainer.run()
+    flow = [r for r in rows if r.get("phase") == "flow" and "loss" in r]
+    assert len(flow) == 4 and all("letter_loss" in r and r["letter_tokens"] > 0 for r in flow)
+    assert all(0 <= r["letter_acc"] <= 1 for r in flow)
+    assert not torch.equal(trainer.letter_head.weight, head0)
+    off = Pretrainer(PretrainConfig(**base), tmp_path / "off")
+    off.run()
+    assert off.letter_head is None
+    on_w = trainer.pipe.transformer.state_dict()
+    assert any(not torch.equal(v, off.pipe.transformer.state_dict()[k]) for k, v in on_w.items())
+    resumed = Pretrainer(PretrainConfig(**{**base, "letter_weight": 1.0}), tmp_path / "on")
+    assert resumed.load_checkpoint() and torch.equal(resumed.letter_head.weight, trainer.letter_head.weight)
+    with pytest.raises(ValueError, match="letter_weight > 0 needs align_letters"):
+        PretrainConfig(**{**TINY, "align_weight": 0.5, "letter_weight": 1.0})
 
 
 def test_labels_are_packed_like_flux_packs_latents():

@@ -125,6 +125,14 @@ class PretrainConfig(StrictModel):
                                 "(one channel per letter of the OCR alphabet), so that the image tokens must know "
                                 "which letter goes where, not only where ink goes")
     align_steps: int | None = Field(None, ge=0, description="flow steps with the label-alignment loss (None = all)")
+    letter_weight: float = Field(0.0, ge=0, description="λ of the letter-classification loss (0 = off): a second "
+                                 "linear head on align_block's image tokens names the sign letter that covers each "
+                                 "token (cross-entropy over the OCR alphabet, averaged over the tokens whose letter "
+                                 "ink is at least letter_min_ink), so that the letter identity gets a gradient of its "
+                                 "own instead of a share of the label head's mean over all channels and tokens; needs "
+                                 "align_letters; dropped at export like the label head")
+    letter_min_ink: float = Field(0.08, gt=0, le=1, description="tokens (8×8 pixels) whose letter ink covers less "
+                                  "than this share are left out of the letter loss")
     object_weight: float = Field(0.0, ge=0, description="λ of the object-weighted flow loss (0 = plain MSE): each "
                                  "latent cell's squared error is weighted by 1 + λ·(its object + sign-ink coverage), "
                                  "weights normalised to mean 1 over the batch, so that the small objects are not "
@@ -159,6 +167,8 @@ class PretrainConfig(StrictModel):
             raise ValueError("model_guidance > 0 needs caption_dropout > 0 (the unconditional velocity must be trained)")
         if self.align_letters and self.align_weight == 0:
             raise ValueError("align_letters needs align_weight > 0 (the letters are targets of the label head)")
+        if self.letter_weight > 0 and not self.align_letters:
+            raise ValueError("letter_weight > 0 needs align_letters = true (its targets are the letter channels)")
         return self
 
 
@@ -283,6 +293,47 @@ def object_weighted_loss(err: torch.Tensor, maps: torch.Tensor, lam: float) -> t
     return (err * wgt).mean() / wgt.mean()
 
 
+def letter_targets(letter_maps: torch.Tensor, min_ink: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token letter classes from the renderer's letter channels.
+
+    Args:
+        letter_maps: [N, A, h, w] ink coverage in [0, 1] of each of the A letters of the OCR alphabet
+            over the latent cells (``render_with_labels(letters=True)``'s last A channels).
+        min_ink: a token counts when the ink of all letters covers at least this share of it.
+
+    Returns:
+        ``(target, mask)``: long [N, T] index of the letter with the most ink in each token (T =
+        (h/2)(w/2) tokens of 2×2 cells, in FLUX's packing order) and bool [N, T], true where the
+        token has enough ink.
+    """
+    n, a, h, w = letter_maps.shape
+    per_token = letter_maps.view(n, a, h // 2, 2, w // 2, 2).mean(dim=(3, 5)).flatten(2).transpose(1, 2)  # [N, T, A]
+    return per_token.argmax(-1), per_token.sum(-1) >= min_ink
+
+
+def letter_loss(logits: torch.Tensor, letter_maps: torch.Tensor,
+                min_ink: float) -> tuple[torch.Tensor, float, int] | None:
+    """Cross-entropy of the letter head over the tokens that carry sign ink.
+
+    Args:
+        logits: [N, T, A] letter-head outputs for the T image tokens.
+        letter_maps: [N, A, h, w] letter ink coverage (see :func:`letter_targets`).
+        min_ink: see :func:`letter_targets`.
+
+    Returns:
+        ``(loss, accuracy, tokens)``: the mean cross-entropy over the counted tokens (a scalar with
+        gradient), the head's top-1 accuracy on them and their number; None when no token of the
+        batch carries enough ink.
+    """
+    target, mask = letter_targets(letter_maps, min_ink)
+    if not bool(mask.any()):
+        return None
+    sel, tgt = logits[mask], target[mask]
+    loss = torch.nn.functional.cross_entropy(sel, tgt)
+    acc = (sel.detach().argmax(-1) == tgt).float().mean().item()
+    return loss, acc, int(mask.sum())
+
+
 def pack_labels(labels: torch.Tensor) -> torch.Tensor:
     """Label maps [N, L, h, w] → per-token targets [N, (h/2)(w/2), 4L], packed exactly as FLUX packs
     latents (``FluxPipeline._pack_latents``: 2×2 cells per token, channel-major)."""
@@ -335,6 +386,7 @@ class Pretrainer:
             self._init_from(Path(cfg.init_from))
         self.labels: torch.Tensor | None = None
         self.align_head: torch.nn.Linear | None = None
+        self.letter_head: torch.nn.Linear | None = None
         self._hidden: dict[str, torch.Tensor] = {}
         if cfg.align_weight > 0:
             self._attach_align_head()
@@ -390,6 +442,11 @@ class Pretrainer:
         with torch.no_grad():
             self.align_head.weight.copy_(torch.randn(self.align_head.weight.shape, generator=g) * dim ** -0.5)
             self.align_head.bias.zero_()
+        if self.cfg.letter_weight > 0:
+            self.letter_head = torch.nn.Linear(dim, len(LETTER_CHANNELS))
+            with torch.no_grad():
+                self.letter_head.weight.copy_(torch.randn(self.letter_head.weight.shape, generator=g) * dim ** -0.5)
+                self.letter_head.bias.zero_()
         store = self._hidden
 
         def keep(module, args, output):  # a closure, not a method: deep copies of the model stay light
@@ -432,7 +489,7 @@ class Pretrainer:
         p = self.pipe
         if self.phase == PHASE_VAE:
             return list(p.vae.parameters())
-        head = list(self.align_head.parameters()) if self.align_head is not None else []
+        head = [p_ for h in (self.align_head, self.letter_head) if h is not None for p_ in h.parameters()]
         return [*p.transformer.parameters(), *p.text_encoder.parameters(), *p.text_encoder_2.parameters(), *head]
 
     def _make_optimizer(self) -> None:
@@ -452,7 +509,8 @@ class Pretrainer:
                  "vae_factors": (p.vae.config.shift_factor, p.vae.config.scaling_factor),
                  "optimizer": self.opt.state_dict() if self.opt else None,
                  "ema": self.ema,
-                 "align_head": self.align_head.state_dict() if self.align_head is not None else None}
+                 "align_head": self.align_head.state_dict() if self.align_head is not None else None,
+                 "letter_head": self.letter_head.state_dict() if self.letter_head is not None else None}
         save_checkpoint_file(self.ckpt_path, state)
 
     def load_checkpoint(self) -> bool:
@@ -493,6 +551,8 @@ class Pretrainer:
         self.ema = state.get("ema")
         if self.align_head is not None and state.get("align_head") is not None:
             self.align_head.load_state_dict(state["align_head"])
+        if self.letter_head is not None and state.get("letter_head") is not None:
+            self.letter_head.load_state_dict(state["letter_head"])
         return True
 
     def export(self, dest: str | Path) -> dict:
@@ -671,11 +731,19 @@ class Pretrainer:
             if cfg.object_weight > 0:
                 maps = (self.labels[torch.from_numpy(idx)].float() / 255.0).to(self.device)
                 loss = object_weighted_loss(err, maps, cfg.object_weight)
+            letter = None
             if self.align_head is not None and (cfg.align_steps is None or self.step < cfg.align_steps):
-                logits = self.align_head(self._hidden.pop("h"))
-                labels = pack_labels(self.labels[torch.from_numpy(idx)].float() / 255.0).to(self.device)
+                hidden = self._hidden.pop("h")
+                maps = self.labels[torch.from_numpy(idx)].float() / 255.0
+                logits = self.align_head(hidden)
+                labels = pack_labels(maps).to(self.device)
                 align = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels)
                 loss = loss + cfg.align_weight * align
+                if self.letter_head is not None:
+                    letter = letter_loss(self.letter_head(hidden), maps[:, len(LABEL_CHANNELS):].to(self.device),
+                                         cfg.letter_min_ink)
+                    if letter is not None:
+                        loss = loss + cfg.letter_weight * letter[0]
             lr = lr_at(self.step, cfg.steps, cfg.lr, cfg.warmup, cfg.schedule, cfg.decay_fraction)
             norm = self._update(loss, lr)
             self._update_ema()
@@ -684,6 +752,8 @@ class Pretrainer:
             row = {"phase": "flow", "step": self.step, "loss": flow_loss.item(), "grad_norm": norm, "lr": lr}
             if align is not None:
                 row["align_loss"] = align.item()
+            if letter is not None:
+                row["letter_loss"], row["letter_acc"], row["letter_tokens"] = letter[0].item(), letter[1], letter[2]
             self.progress("flow", self.step, cfg.steps, row)
             if self.step % 20 == 0 or self.step == cfg.steps:
                 self._log(row)
