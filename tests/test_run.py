@@ -451,3 +451,44 @@ def test_evaluation_preset_gives_every_tag_enough_images():
     assert standard_error({"a": {"accuracy": 1.0, "n": 10}, "b": {"accuracy": 0.0, "n": 10}}, "accuracy") == 0.0
     ocr = get_task("ocr").prompts("test")
     assert sum(images_per_prompt(ocr, EvalConfig(**eval_preset("tiny-shapes", "ocr")))) >= 400
+
+
+def test_prompt_mix_draws_tags_in_their_test_proportions():
+    from alignbench.errors import ConfigError
+    from alignbench.training.trainer import prompt_probabilities
+
+    train = [{"tag": "a"}] * 3 + [{"tag": "b"}, {"tag": "c"}]
+    test = [{"tag": "a"}, {"tag": "b"}, {"tag": "d"}, {"tag": "d"}]
+    # test shares a 1/4, b 1/4 (d has no train prompt, c no test prompt): renormalised to a 1/2, b 1/2,
+    # and a's half split over its three prompts
+    np.testing.assert_allclose(prompt_probabilities(train, test), [1 / 6, 1 / 6, 1 / 6, 1 / 2, 0.0])
+    np.testing.assert_allclose(prompt_probabilities(train, test, "uniform"), [0.2] * 5)
+    with pytest.raises(ConfigError, match="protocol.prompt_mix"):
+        prompt_probabilities(train, [{"tag": "z"}])
+    # ShapesWorld GenEval: the train split is two-thirds color_attr; under the mix every tag gets its test share
+    from alignbench.task import get_task
+
+    t = get_task("geneval")
+    tr, te = t.prompts("train", "shapes"), t.prompts("test", "shapes")
+    p = prompt_probabilities(tr, te)
+    share = {tag: p[[r["tag"] == tag for r in tr]].sum() for tag in {r["tag"] for r in te}}
+    assert share["color_attr"] == pytest.approx(12 / 63) and share["single_object"] == pytest.approx(3 / 63)
+
+
+def test_the_default_prompt_mix_draws_other_prompts_and_old_configs_stay_uniform(tmp_path):
+    """Runs made before ``protocol.prompt_mix`` drew prompts uniformly; their stored config keeps doing so."""
+    from alignbench.training.trainer import run_prompt_mix
+
+    out = {}
+    for mix in ("uniform", None):
+        root = tmp_path / str(mix)
+        extra = ["--set", f"protocol.prompt_mix={mix}"] if mix else []
+        res = CliRunner().invoke(app, ["run", "--algo", "flow_grpo", "--task", "geneval", "--iterations", "2",
+                                       "--out", str(root), *TINY, *extra, "--set", "eval.max_prompts=1",
+                                       "--set", "eval.images_per_tag=null", "--set", "eval.images_per_prompt=2"])
+        assert res.exit_code == 0, res.output
+        out[mix] = [r["prompt_indices"] for r in _metrics(_run_dir(root))]
+        cfg = json.loads((_run_dir(root) / "run.json").read_text())["config"]["protocol"]
+        assert cfg["prompt_mix"] == (mix or "test_tags")
+    assert out[None] != out["uniform"]
+    assert run_prompt_mix({"iterations": 3}) == "uniform" and run_prompt_mix({"prompt_mix": "test_tags"}) == "test_tags"

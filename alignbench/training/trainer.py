@@ -20,7 +20,7 @@ import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -48,6 +48,10 @@ class ProtocolConfig(StrictModel):
 
     iterations: int = Field(40, ge=1, description="training iterations N")
     prompts_per_iteration: int = Field(4, ge=1, description="prompts sampled (without replacement) per iteration")
+    prompt_mix: Literal["test_tags", "uniform"] = Field(
+        "test_tags", description="how each iteration's train prompts are drawn: test_tags = each tag as often as "
+        "in the test split (a prompt's weight is its tag's test share over its tag's train count); uniform = every "
+        "train prompt equally (runs made before this field existed)")
     group_size: int = Field(27, ge=2, description="K images (leaves) per prompt")
     lora_rank: int = Field(8, ge=1, description="LoRA rank r")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA α (scale α/r)")
@@ -90,6 +94,38 @@ SECTIONS = ("algo", "protocol", "eval", "model", "reward")
 #: generator per iteration): ``compare`` does not count them as matching a new config, and a run
 #: cannot resume across versions, so that no run or leaderboard mixes the two.
 RNG_STREAMS = 2
+
+
+def prompt_probabilities(train: list[dict], test: list[dict] | None, mix: str = "test_tags") -> np.ndarray:
+    """Probability of drawing each train prompt at an iteration, float64 [len(train)], summing to 1.
+
+    ``uniform``: 1/n each. ``test_tags``: p_i = share_test(tag_i) / n_train(tag_i), renormalised over the
+    tags that occur in both splits, so that the tags are trained in the proportions they are evaluated
+    in (a split made of every unused combination is dominated by the tags with most combinations, e.g.
+    ShapesWorld's GenEval train split is 67% color_attr against 19% of the test). Prompts without a
+    ``tag`` count as one tag ``None``; a train tag absent from the test gets 0.
+
+    Raises:
+        ConfigError: ``test_tags`` with no train tag in the test split.
+    """
+    n = len(train)
+    if mix == "uniform" or n == 0:
+        return np.full(n, 1.0 / max(n, 1))
+    from collections import Counter
+
+    n_train = Counter(r.get("tag") for r in train)
+    n_test = Counter(r.get("tag") for r in (test or []))
+    w = np.array([n_test[r.get("tag")] / n_train[r.get("tag")] for r in train], dtype=np.float64)
+    if w.sum() <= 0:
+        raise ConfigError("protocol.prompt_mix: no train prompt's tag occurs in the test split, so 'test_tags' "
+                          "has nothing to match; allowed: test_tags, uniform")
+    return w / w.sum()
+
+
+def run_prompt_mix(protocol: dict[str, Any]) -> str:
+    """The ``prompt_mix`` a run's stored protocol section draws with: its value, or ``uniform`` for a
+    config written before the field existed (so that such a run resumes with the prompts it began with)."""
+    return str(protocol.get("prompt_mix", "uniform"))
 
 
 def algorithm_class(name: str) -> type[Algorithm]:
@@ -257,6 +293,12 @@ class Trainer:
         if self.protocol.prompts_per_iteration > len(self.train_prompts):
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
                               f"{len(self.train_prompts)} train prompts of task '{task.name}'")
+        mix = run_prompt_mix(config["protocol"])
+        self.prompt_p = prompt_probabilities(self.train_prompts, task.prompts("test", domain) if mix == "test_tags"
+                                             else None, mix)
+        if int((self.prompt_p > 0).sum()) < self.protocol.prompts_per_iteration:
+            raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
+                              f"{int((self.prompt_p > 0).sum())} train prompts that prompt_mix '{mix}' can draw")
         steps = self.protocol.train_steps
         self.weights = dict(self.protocol.reward_weights)
         ctx = Context(num_steps=steps, sigmas=backbone.sigmas(steps).tolist(), group_size=self.protocol.group_size,
@@ -425,7 +467,8 @@ class Trainer:
         # trains on the same prompts in the same order for one seed (matched protocol, specs/algorithms.md
         # §6), whatever random numbers its plan draws; the plan and the rollout noise use the other
         chosen = np.random.default_rng(np.random.SeedSequence([self.seed, 2, it])).choice(
-            len(self.train_prompts), proto.prompts_per_iteration, replace=False)
+            len(self.train_prompts), proto.prompts_per_iteration, replace=False,
+            p=None if np.all(self.prompt_p == self.prompt_p[0]) else self.prompt_p)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, it]))
         plan = self.algo.plan(progress, rng)
         self.algo.check_plan(plan)  # every iteration: a plan must keep the protocol's group size
