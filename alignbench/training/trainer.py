@@ -299,6 +299,8 @@ class Trainer:
         if int((self.prompt_p > 0).sum()) < self.protocol.prompts_per_iteration:
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
                               f"{int((self.prompt_p > 0).sum())} train prompts that prompt_mix '{mix}' can draw")
+        if np.all(self.prompt_p == self.prompt_p[0]):
+            self.prompt_p = None  # equal weights draw exactly as the uniform stream always has (p=None)
         steps = self.protocol.train_steps
         self.weights = dict(self.protocol.reward_weights)
         ctx = Context(num_steps=steps, sigmas=backbone.sigmas(steps).tolist(), group_size=self.protocol.group_size,
@@ -468,7 +470,7 @@ class Trainer:
         # §6), whatever random numbers its plan draws; the plan and the rollout noise use the other
         chosen = np.random.default_rng(np.random.SeedSequence([self.seed, 2, it])).choice(
             len(self.train_prompts), proto.prompts_per_iteration, replace=False,
-            p=None if np.all(self.prompt_p == self.prompt_p[0]) else self.prompt_p)
+            p=self.prompt_p)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, it]))
         plan = self.algo.plan(progress, rng)
         self.algo.check_plan(plan)  # every iteration: a plan must keep the protocol's group size
