@@ -167,7 +167,7 @@ def test_runs_made_on_other_weights_are_not_matched(tmp_path):
     out = tmp_path / "runs"
     sets = [TINY[i + 1] for i, x in enumerate(TINY) if x == "--set"]
     cfg = resolve_run_config("flow_grpo", "geneval", "tiny-shapes", 0, overrides=sets, iterations=2)
-    assert cfg["model"]["revision"] == "stage1"
+    assert cfg["model"]["revision"] == "v2d"
     other = {**cfg, "model": {**cfg["model"], "revision": "stage0"}}
     write_run_json(new_run_dir(out, "geneval", "tiny-shapes", "flow_grpo", 0), "train", other, 0, "interrupted")
     args = ["compare", "--task", "geneval", "--algos", "flow_grpo", "--seeds", "1", "--out", str(out), "--dry-run", *TINY]

@@ -114,7 +114,7 @@ models.register("tiny-shapes", ModelSpec(
     name="tiny-shapes", domain="shapes", source="package:weights/tiny-shapes", height=64, width=64,
     description="embedded tiny FLUX (FluxTransformer2DModel + AutoencoderKL + CLIP/T5 text encoders) "
                 "pretrained on ShapesWorld; runs on a CPU",
-    max_sequence_length=20, guidance_scale=1.0, train_steps=10, eval_steps=20, revision="stage1"))
+    max_sequence_length=20, guidance_scale=1.0, train_steps=10, eval_steps=20, revision="v2d"))
 models.register("flux-dev", ModelSpec(
     name="flux-dev", domain="natural", source="black-forest-labs/FLUX.1-dev", height=512, width=512,
     dtype="bfloat16", description="FLUX.1-dev (Black Forest Labs, 12B) from the Hugging Face Hub; needs a GPU",
