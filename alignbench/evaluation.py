@@ -28,7 +28,8 @@ from .scoring import summarize_rows
 class EvalConfig(StrictModel):
     """Evaluation protocol settings."""
 
-    split: str = Field("test", pattern="^(train|test)$", description="prompt split")
+    split: str = Field("test", pattern="^(train|test|dev)$", description="prompt split (dev: the task's dev "
+                       "prompts, by default held out of train)")
     images_per_prompt: int = Field(4, ge=2, description="K images per prompt (GenEval: 4)")
     images_per_tag: int | None = Field(None, ge=1, description="at least this many images per tag: a tag with n "
                                        "prompts gets max(K, ceil(images_per_tag / n)) images per prompt (None: K)")
@@ -37,6 +38,11 @@ class EvalConfig(StrictModel):
     max_prompts: int | None = Field(None, ge=1, description="first N prompts only (smoke tests)")
     batch_size: int = Field(128, ge=1, description="images per transformer forward")
     grid_prompts: int = Field(8, ge=1, description="prompts in the sample grid (× images_per_prompt, max 4)")
+    dev_every: int = Field(0, ge=0, description="during `run`: score the dev split with the EMA weights before "
+                           "training and every this many iterations (and after the last) into dev.jsonl; 0 = off")
+    dev_images_per_prompt: int = Field(4, ge=2, description="dev split: images per prompt")
+    dev_images_per_tag: int | None = Field(96, ge=1, description="dev split: at least this many images per tag")
+    dev_seed: int = Field(1, description="seed of the dev split's per-image noises (the test split uses `seed`)")
     features_source: str | None = Field(None, description="natural-image diversity features: DINOv2 Hub id or "
                                         "local directory (default facebook/dinov2-large), or 'pooled' for the weight-free "
                                         "pooled pixels (bench on the random models); unused on shapes")
@@ -56,6 +62,14 @@ EVAL_PRESETS: dict[str, dict[str, int]] = {
 def eval_preset(model: str, task: str) -> dict[str, int]:
     """The :data:`EVAL_PRESETS` entry of a model and task (empty if none)."""
     return dict(EVAL_PRESETS.get(f"{model}:{task}", {}))
+
+
+def dev_config(cfg: EvalConfig) -> EvalConfig:
+    """The protocol of the dev learning curve: ``cfg`` on the dev split with the ``dev_*`` image counts
+    and noise seed (the sampler, steps and batch size unchanged)."""
+    return cfg.model_copy(update={"split": "dev", "images_per_prompt": cfg.dev_images_per_prompt,
+                                  "images_per_tag": cfg.dev_images_per_tag, "seed": cfg.dev_seed,
+                                  "max_prompts": None})
 
 
 def images_per_prompt(records: list[dict], cfg: EvalConfig) -> list[int]:

@@ -24,10 +24,43 @@ DOMAINS = ("shapes", "natural")
 
 
 class PromptFiles(StrictModel):
-    """JSON-lines prompt metadata, paths relative to the task file."""
+    """JSON-lines prompt metadata, paths relative to the task file. ``dev`` (optional) names the
+    prompts scored during training for learning curves; without it the dev split is held out of
+    ``train`` by :func:`dev_holdout`."""
 
     train: str
     test: str
+    dev: str | None = None
+
+
+#: the dev split held out of a train split (:func:`dev_holdout`): this share of each tag's prompts,
+#: at least 1 (for a tag with ≥ 2 prompts) and at most ``DEV_MAX_PER_TAG``
+DEV_FRACTION = 0.1
+DEV_MAX_PER_TAG = 8
+
+
+def dev_holdout(train: list[dict]) -> list[int]:
+    """Indices (ascending) of the train records that form the dev split: per tag, the
+    ``min(DEV_MAX_PER_TAG, max(1, round(DEV_FRACTION·n)))`` records whose prompts have the smallest
+    SHA-256 (a fixed choice that does not depend on file order or on a seed); a tag with a single
+    prompt keeps it for training. Records without a ``tag`` count as one tag.
+
+    Returns:
+        sorted indices into ``train``; empty when every tag has one prompt.
+    """
+    import hashlib
+
+    by_tag: dict[Any, list[int]] = {}
+    for i, r in enumerate(train):
+        by_tag.setdefault(r.get("tag"), []).append(i)
+    chosen: list[int] = []
+    for idx in by_tag.values():
+        if len(idx) < 2:
+            continue
+        n = min(DEV_MAX_PER_TAG, max(1, round(DEV_FRACTION * len(idx))))
+        ranked = sorted(idx, key=lambda i: hashlib.sha256(train[i]["prompt"].encode()).hexdigest())
+        chosen.extend(ranked[:n])
+    return sorted(chosen)
 
 
 class HubPrompts(StrictModel):
@@ -62,6 +95,9 @@ class TaskSpec(StrictModel):
     format: Literal["geneval", "ocr", "prompt"] = Field(description="metadata format of the prompt files "
                                                          "(prompt: records need only a 'prompt' string)")
     domains: dict[Literal[DOMAINS], DomainSpec] = Field(min_length=1)  # type: ignore[valid-type]
+    defaults: dict[Literal["protocol", "eval"], dict[str, Any]] = Field(
+        default_factory=dict, description="run settings this task needs (e.g. a one-prompt task's "
+        "prompts_per_iteration: 1), applied over the model's presets and under --config and --set")
 
 
 class Task:
@@ -122,21 +158,49 @@ class Task:
         return self._rewards[domain]
 
     def prompt_file(self, split: str, domain: str = "shapes") -> Path:
-        """Path of the ``train`` or ``test`` prompt JSONL of ``domain``.
+        """Path of the ``train`` or ``test`` prompt JSONL of ``domain`` (or ``dev``, when the task
+        names a dev file).
 
         Raises:
-            UserError: ``split`` is not train or test, or the task has no such domain.
+            UserError: ``split`` is not train, test or dev (dev only for a task with a dev file), or
+                the task has no such domain.
         """
-        if split not in ("train", "test"):
-            raise UserError(f"split '{split}' is not valid; allowed: train, test")
         prompts = self.domain(domain).prompts
+        if split == "dev" and isinstance(prompts, PromptFiles) and prompts.dev:
+            return self.root / prompts.dev
+        if split not in ("train", "test"):
+            raise UserError(f"split '{split}' is not valid; allowed: train, test, dev")
         if isinstance(prompts, HubPrompts):
             return hub_prompt_files(prompts)[split]
         return self.root / getattr(prompts, split)
 
+    def has_dev_file(self, domain: str = "shapes") -> bool:
+        """Whether the task names its dev prompts (else they are held out of train)."""
+        prompts = self.domain(domain).prompts
+        return isinstance(prompts, PromptFiles) and prompts.dev is not None
+
     def prompts(self, split: str, domain: str = "shapes") -> list[dict]:
-        """Metadata records of a split, validated by the domain's reward."""
+        """Metadata records of a split (``train``, ``test`` or ``dev``), validated by the domain's
+        reward. ``dev`` is the task's dev file, or else the train records that :func:`dev_holdout`
+        holds out; ``train`` is always the whole train file (see :meth:`training_prompts`).
+
+        Raises:
+            UserError: unknown split; MetadataError: unusable records.
+        """
+        if split == "dev" and not self.has_dev_file(domain):
+            train = self.prompts("train", domain)
+            return [train[i] for i in dev_holdout(train)]
         return load_metadata(self.prompt_file(split, domain), self.reward(domain))
+
+    def training_prompts(self, domain: str = "shapes", holdout_dev: bool = True) -> list[dict]:
+        """The prompts a run trains on: the train split, less the dev prompts held out of it
+        (``holdout_dev`` and no dev file), so that the dev learning curve is never scored on a
+        trained prompt."""
+        train = self.prompts("train", domain)
+        if not holdout_dev or self.has_dev_file(domain):
+            return train
+        held = set(dev_holdout(train))
+        return [r for i, r in enumerate(train) if i not in held]
 
 
 def prompt_cache_dir() -> Path:

@@ -81,19 +81,32 @@ def save_png(image: Image.Image, path: str | Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _scalar_tile(image: np.ndarray, record: dict, details: dict) -> Tile:
+    """A tile captioned with the prompt and every float score in ``details`` (no boxes, no verdict)."""
+    scores = "  ".join(f"{k} {v:.3f}" for k, v in details.items()
+                       if isinstance(v, float) and k not in ("seed", "prompt_index", "image_index"))
+    return Tile(image, [record["prompt"], scores], [], None)
+
+
+#: the ``details`` keys each task format's tile reads; a reward that gives fewer (a plugin reward on
+#: a ``geneval``-format task) gets the scalar tile instead
+_FORMAT_KEYS = {"geneval": ("detections", "accuracy", "strict", "partial"),
+                "ocr": ("readings", "recognized", "ocr", "exact")}
+
+
 def tile_for(fmt: str, image: np.ndarray, record: dict, details: dict) -> Tile:
     """A captioned tile for one scored image: the detector's boxes and GenEval verdict (``geneval``)
     or EasyOCR's readings and reward (``ocr``); framed green when the image passes (accuracy 1 or
-    an exact OCR match)."""
+    an exact OCR match). A scalar reward model (format ``prompt``), or any reward whose ``details``
+    lack the format's keys (e.g. a plugin reward on a ``geneval``-format task), gets its float
+    scores as the caption, no boxes and no frame."""
+    if fmt not in _FORMAT_KEYS or not all(k in details for k in _FORMAT_KEYS[fmt]):
+        return _scalar_tile(image, record, details)
     if fmt == "geneval":
         boxes = [(d["box"], f"{d['color']} {d['class']} {d['score']:.2f}") for d in details["detections"]]
         caption = [record["prompt"],
                    f"acc {details['accuracy']:.0f}  strict {details['strict']:.0f}  partial {details['partial']:.2f}"]
         return Tile(image, caption, boxes, bool(details["accuracy"]))
-    if fmt == "prompt":  # a scalar reward model: its scores, no verdict
-        scores = "  ".join(f"{k} {v:.3f}" for k, v in details.items()
-                           if isinstance(v, float) and k not in ("seed", "prompt_index", "image_index"))
-        return Tile(image, [record["prompt"], scores], [], False)
     boxes = [(r["box"], r["text"]) for r in details["readings"]]
     caption = [record["prompt"], f"read '{details['recognized']}'  reward {details['ocr']:.2f}"]
     return Tile(image, caption, boxes, bool(details["exact"]))

@@ -81,3 +81,16 @@ class RandomProjectionReward(Reward):
         x = torch.from_numpy(np.stack(to_uint8_images(images))).permute(0, 3, 1, 2).float() / 255 - 0.5
         pooled = torch.nn.functional.adaptive_avg_pool2d(x, 16).flatten(1)
         return {"projection": torch.tanh(pooled @ self.weight * 4)}
+
+
+class BrightnessReward(Reward):
+    """A dense sanity reward (issue 32's RL ladder): the mean pixel value of the image in [0, 1]
+    (uint8 values / 255, averaged over H, W and the 3 channels). Any policy gradient that works
+    raises it within tens of iterations; key ``brightness``."""
+
+    keys = ("brightness",)
+    description = "mean pixel value in [0, 1] (a dense sanity reward for the RL ladder)"
+
+    def score(self, images: Any, prompts: list[str], metadata: list[dict]) -> dict[str, torch.Tensor]:
+        x = np.stack(to_uint8_images(images)).astype(np.float32) / 255
+        return {"brightness": torch.from_numpy(x.reshape(len(x), -1).mean(1))}

@@ -17,3 +17,4 @@ rewards.register("aesthetic", lazy="alignbench.rewards.pretrained:AestheticRewar
 rewards.register("geneval-natural", lazy="alignbench.rewards.natural_geneval:NaturalGenEvalReward")
 rewards.register("ocr-natural", lazy="alignbench.rewards.ocr:natural_ocr_reward")
 rewards.register("random-projection", lazy="alignbench.rewards.base:RandomProjectionReward")
+rewards.register("brightness", lazy="alignbench.rewards.base:BrightnessReward")

@@ -52,6 +52,9 @@ class ProtocolConfig(StrictModel):
         "test_tags", description="how each iteration's train prompts are drawn: test_tags = each tag as often as "
         "in the test split (a prompt's weight is its tag's test share over its tag's train count); uniform = every "
         "train prompt equally (runs made before this field existed)")
+    holdout_dev: bool = Field(True, description="train on the train split less its dev prompts (task.dev_holdout), "
+                              "so that the dev learning curve is never scored on a trained prompt; runs made "
+                              "before this field existed resume with false")
     group_size: int = Field(27, ge=2, description="K images (leaves) per prompt")
     lora_rank: int = Field(8, ge=1, description="LoRA rank r")
     lora_alpha: float = Field(16.0, gt=0, description="LoRA α (scale α/r)")
@@ -128,6 +131,12 @@ def run_prompt_mix(protocol: dict[str, Any]) -> str:
     return str(protocol.get("prompt_mix", "uniform"))
 
 
+def run_holdout_dev(protocol: dict[str, Any]) -> bool:
+    """Whether a run's stored protocol trains without the dev prompts: its ``holdout_dev``, or False
+    for a config written before the field existed (such a run resumes on the prompts it began with)."""
+    return bool(protocol.get("holdout_dev", False))
+
+
 def algorithm_class(name: str) -> type[Algorithm]:
     """The registered algorithm class for ``name`` (or ``pkg.module:Class``).
 
@@ -144,7 +153,8 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
                        overrides: list[str] | None = None, iterations: int | None = None) -> dict[str, Any]:
     """The fully resolved run configuration (written into ``run.json``).
 
-    Precedence per section: defaults < presets (model, task) < ``config_file`` < ``--set``
+    Precedence per section: defaults < presets (model, task) < the task file's ``defaults`` <
+    ``config_file`` < ``--set``
     (``algo.*``, ``protocol.*``, ``eval.*``, ``model.*``) < ``iterations``.
 
     Raises:
@@ -171,13 +181,15 @@ def resolve_run_config(algo: str, task: str, model: str, seed: int, *, config_fi
         algo_data = deep_merge(algo_data, layer)
     algo_cfg = validate(cls.Config, algo_data, prefix="algo")
     proto_data = deep_merge(ProtocolConfig().model_dump(), PROTOCOL_PRESETS.get(spec.name, {}))
+    proto_data = deep_merge(proto_data, t.spec.defaults.get("protocol", {}))
     proto_data = deep_merge(deep_merge(proto_data, file_data.get("protocol", {})), set_data.get("protocol", {}))
     if iterations is not None:
         proto_data["iterations"] = iterations
     protocol = validate(ProtocolConfig, proto_data, prefix="protocol")
     from ..evaluation import eval_preset
 
-    eval_data = deep_merge(EvalConfig().model_dump(), eval_preset(spec.name, t.name))
+    eval_data = deep_merge(deep_merge(EvalConfig().model_dump(), eval_preset(spec.name, t.name)),
+                           t.spec.defaults.get("eval", {}))
     eval_cfg = validate(EvalConfig, deep_merge(deep_merge(eval_data, file_data.get("eval", {})),
                                                set_data.get("eval", {})), prefix="eval")
     from ..rewards.pretrained import RewardOptions
@@ -285,7 +297,7 @@ class Trainer:
         self.seed = int(config["seed"])
         domain = config["model"]["domain"]
         self.reward = task.reward(domain)
-        self.train_prompts = task.prompts("train", domain)
+        self.train_prompts = task.training_prompts(domain, run_holdout_dev(config["protocol"]))
         if self.protocol.prompts_per_iteration % self.acc.num_processes:
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} prompts cannot be "
                               f"split evenly over {self.acc.num_processes} processes; use a multiple of "
@@ -436,6 +448,31 @@ class Trainer:
                 cache.store(ingredients, self.run_dir)
         return result.summary
 
+    def _dev_eval(self, iterations_done: int, path: Path) -> dict[str, Any]:
+        """Score the dev split (:func:`~alignbench.evaluation.dev_config`) with the EMA weights after
+        ``iterations_done`` iterations and append one row to ``dev.jsonl``: the overall value of every
+        reward key, the per-tag values (``tags``), LGMD, cosine diversity, Vendi and seconds."""
+        from ..evaluation import dev_config
+
+        cfg = dev_config(self.eval_cfg)
+        with self.ema.swapped():
+            from accelerate.utils import gather_object
+
+            result = evaluate(self.backbone, self.task, cfg, self.config["model"]["eval_steps"],
+                              progress=lambda stage, done, n: self.progress("eval", (f"dev {stage}", done, n)),
+                              process_index=self.acc.process_index, num_processes=self.acc.num_processes,
+                              gather_object=gather_object)
+        m = result.summary["metrics"]
+        row = {"iteration": iterations_done, **m["overall"],
+               "tags": {t: v for t, v in m.items() if t != "overall"},
+               "n_images": result.summary["n_images"], "lgmd": result.summary["lgmd"],
+               "cosine_diversity": result.summary["cosine_diversity"], "vendi": result.summary["vendi"],
+               "seconds": sum(result.summary["seconds"].values())}
+        self.dev_rows.append(row)
+        if self.acc.is_main_process:
+            write_jsonl(path, self.dev_rows)
+        return row
+
     # ------------------------------------------------------------------------------ the loop
     def _over_processes(self, values: list[float], reduction: str) -> list[float]:
         """``values`` summed (``"sum"``) or averaged (``"mean"``) over the processes of an
@@ -557,7 +594,7 @@ class Trainer:
             + [train_lgmd], "mean")
         row: dict[str, Any] = {
             "iteration": it,
-            "prompt_indices": [int(i) for i in chosen],  # into the task's train split, all processes
+            "prompt_indices": [int(i) for i in chosen],  # into the training prompts, all processes
             "reward_mean": float(reward_all.mean()), "reward_std": float(reward_all.std(unbiased=False)),
             **{f"reward_{k}": float(self.acc.gather(v.float().to(self.acc.device)).mean()) for k, v in score_t.items()},
             "lgmd_train": train_lgmd,
@@ -602,12 +639,19 @@ class Trainer:
 
         trackers = RunTrackers(self.acc, self.run_dir, self.config)
         trackers.log_eval("eval_base", base, self.run_dir / "samples" / "eval_base_grid.png", step=0)
+        dev_path = self.run_dir / "dev.jsonl"
+        self.dev_rows = [r for r in (read_jsonl(dev_path) if dev_path.exists() else []) if r["iteration"] <= done]
+        every, total = self.eval_cfg.dev_every, self.protocol.iterations
+        if every and not any(r["iteration"] == done for r in self.dev_rows):
+            self._dev_eval(done, dev_path)  # the base model (done = 0), or where a resumed run left off
         self.progress("start", (done, self.protocol.iterations))
         for it in range(done, self.protocol.iterations):
             row = self.iteration(it)
             self.rows.append(row)
             if self.acc.is_main_process:
                 write_jsonl(metrics_path, self.rows)
+            if every and ((it + 1) % every == 0 or it + 1 == total):
+                self._dev_eval(it + 1, dev_path)  # before the checkpoint: a resume never skips a dev point
             if (it + 1) % self.protocol.checkpoint_every == 0 or it + 1 == self.protocol.iterations:
                 self.save_checkpoint(it + 1)
                 self.start_iteration_done = it + 1
