@@ -131,6 +131,8 @@ class TMPOConfig(AlgorithmConfig):
     ratio: Literal["paper", "code"] = Field(
         "paper", description="paper: trajectory ratio with RatioNorm; code: group-centred path log-ratio with "
                              "detached GRPO-Guard 1/|Δ| edge weights (released code)")
+    center: bool = Field(False, description="subtract each group's mean Softmax-TB advantage (the trajectory-balance "
+                         "residual at its optimal log Z, VarGrad); paper: no centring")
     kernel: Literal["cps", "flow_sde", "dance"] = Field("cps", description="branch kernel (paper: cps)")
     eta: float = Field(0.7, ge=0, le=1, description="branch noise level η (paper: 0.7)")
     children: int = Field(3, ge=2, description="children per branch point (paper: 3)")
@@ -212,7 +214,8 @@ class TMPO(Algorithm):
         adv = torch.zeros_like(rewards.total)
         for g in rewards.group.unique():
             m = rewards.group == g
-            adv[m] = softmax_tb_advantage(z[m], log_p[m], beta)
+            a = softmax_tb_advantage(z[m], log_p[m], beta)
+            adv[m] = a - a.mean() if self.config.center else a
         return adv
 
     def edge_log_ratio_weights(self, rollout: Rollout) -> torch.Tensor:
