@@ -84,3 +84,18 @@ def test_run_scores_the_dev_split_before_training_and_every_k_iterations(tmp_pat
     assert dev[0]["brightness"] == pytest.approx(base["metrics"]["overall"]["brightness"], abs=1e-6)
     assert dev[-1]["brightness"] == pytest.approx(final["metrics"]["overall"]["brightness"], abs=1e-6)
     assert dev[-1]["n_images"] == 3 and "cosine_diversity" in dev[-1]
+
+
+def test_one_prompt_fills_several_groups_only_with_prompt_replacement(tmp_path):
+    tiny = ["--set", "eval.steps=2", "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4",
+            "--set", "algo.children=2", "--set", "algo.early=[1,2]", "--set", "algo.late=[1,2]", "--set", "algo.s_max=2",
+            "--set", "eval.images_per_prompt=2", "--set", "protocol.prompts_per_iteration=2"]
+    base = ["run", "--algo", "tmpo", "--task", "sanity-brightness", "--iterations", "1", "--threads", "1",
+            "--out", str(tmp_path), *tiny]
+    refused = CliRunner().invoke(app, base)
+    assert refused.exit_code == 2 and "protocol.prompt_replacement=true" in refused.output
+    res = CliRunner().invoke(app, [*base, "--set", "protocol.prompt_replacement=true"])
+    assert res.exit_code == 0, res.output
+    (run,) = [p.parent for p in Path(tmp_path).rglob("summary.json")]
+    (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert row["prompt_indices"] == [0, 0] and row["leaves"] == 8  # two groups of the one prompt

@@ -52,6 +52,9 @@ class ProtocolConfig(StrictModel):
         "test_tags", description="how each iteration's train prompts are drawn: test_tags = each tag as often as "
         "in the test split (a prompt's weight is its tag's test share over its tag's train count); uniform = every "
         "train prompt equally (runs made before this field existed)")
+    prompt_replacement: bool = Field(False, description="draw an iteration's prompts with replacement, so that "
+                                     "one prompt can fill several groups (a one-prompt task with more than one "
+                                     "group per iteration); false = without replacement")
     holdout_dev: bool = Field(True, description="train on the train split less its dev prompts (task.dev_holdout), "
                               "so that the dev learning curve is never scored on a trained prompt; runs made "
                               "before this field existed resume with false")
@@ -302,13 +305,14 @@ class Trainer:
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} prompts cannot be "
                               f"split evenly over {self.acc.num_processes} processes; use a multiple of "
                               f"{self.acc.num_processes}")
-        if self.protocol.prompts_per_iteration > len(self.train_prompts):
+        if self.protocol.prompts_per_iteration > len(self.train_prompts) and not self.protocol.prompt_replacement:
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
-                              f"{len(self.train_prompts)} train prompts of task '{task.name}'")
+                              f"{len(self.train_prompts)} train prompts of task '{task.name}'; lower it or set "
+                              "protocol.prompt_replacement=true")
         mix = run_prompt_mix(config["protocol"])
         self.prompt_p = prompt_probabilities(self.train_prompts, task.prompts("test", domain) if mix == "test_tags"
                                              else None, mix)
-        if int((self.prompt_p > 0).sum()) < self.protocol.prompts_per_iteration:
+        if int((self.prompt_p > 0).sum()) < self.protocol.prompts_per_iteration and not self.protocol.prompt_replacement:
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} exceeds the "
                               f"{int((self.prompt_p > 0).sum())} train prompts that prompt_mix '{mix}' can draw")
         if np.all(self.prompt_p == self.prompt_p[0]):
@@ -506,7 +510,7 @@ class Trainer:
         # trains on the same prompts in the same order for one seed (matched protocol, specs/algorithms.md
         # §6), whatever random numbers its plan draws; the plan and the rollout noise use the other
         chosen = np.random.default_rng(np.random.SeedSequence([self.seed, 2, it])).choice(
-            len(self.train_prompts), proto.prompts_per_iteration, replace=False,
+            len(self.train_prompts), proto.prompts_per_iteration, replace=proto.prompt_replacement,
             p=self.prompt_p)
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, 1, it]))
         plan = self.algo.plan(progress, rng)
