@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 
-def _render_signs(texts: list[str], font: int, seed: int) -> tuple[list[np.ndarray], list[int]]:
+def _render_signs(texts: list[str], font: int, seed: int, face: str = "sans-bold") -> tuple[list[np.ndarray], list[int]]:
     from alignbench.world.layout import scene_for_sign
     from alignbench.world.scene import WorldConfig, render
 
-    cfg = WorldConfig(font_size_min=font, font_size_max=font)
+    cfg = WorldConfig(font_size_min=font, font_size_max=font, sign_font=face)
     rng = np.random.default_rng(seed)
     images, used = [], []
     for t in texts:
@@ -41,7 +41,7 @@ def _render_signs(texts: list[str], font: int, seed: int) -> tuple[list[np.ndarr
 
 
 def fonts_part(n: int, sizes: list[int], lengths: list[int], letter_font: int, per_letter: int,
-               seed: int) -> dict:
+               seed: int, face: str = "sans-bold", alphabet: str | None = None) -> dict:
     """Exact-read share and mean reward of EasyOCR on clean signs per (font size, length), and the
     per-letter exact-read share and confusions on single letters at ``letter_font``."""
     from alignbench.rewards.ocr import OcrReward, ocr_reward
@@ -49,11 +49,12 @@ def fonts_part(n: int, sizes: list[int], lengths: list[int], letter_font: int, p
 
     reader = OcrReward()
     rng = np.random.default_rng(seed)
+    alphabet = alphabet or OCR_ALPHABET
     table = []
     for size in sizes:
         for length in lengths:
-            texts = ["".join(rng.choice(list(OCR_ALPHABET), size=length)) for _ in range(n)]
-            images, used = _render_signs(texts, size, seed + size * 10 + length)
+            texts = ["".join(rng.choice(list(alphabet), size=length)) for _ in range(n)]
+            images, used = _render_signs(texts, size, seed + size * 10 + length, face)
             reads = [r[0] for r in reader.read_many(images)]
             rewards = [ocr_reward(r, t) for r, t in zip(reads, texts, strict=True)]
             exact = [r.replace(" ", "").lower() == t.lower() for r, t in zip(reads, texts, strict=True)]
@@ -62,12 +63,13 @@ def fonts_part(n: int, sizes: list[int], lengths: list[int], letter_font: int, p
             print(json.dumps(table[-1]))
     letters = {}
     for ch in string.ascii_uppercase:
-        images, _ = _render_signs([ch] * per_letter, letter_font, seed + ord(ch))
+        images, _ = _render_signs([ch] * per_letter, letter_font, seed + ord(ch), face)
         reads = [r[0].replace(" ", "") for r in reader.read_many(images)]
         letters[ch] = {"exact": float(np.mean([r.upper() == ch for r in reads])),
                        "reads": dict(sorted(defaultdict(int, {r: reads.count(r) for r in set(reads)}).items()))}
     print(json.dumps({k: v["exact"] for k, v in letters.items()}))
-    return {"sizes": table, "letter_font": letter_font, "per_letter": per_letter, "letters": letters}
+    return {"face": face, "alphabet": alphabet, "sizes": table, "letter_font": letter_font,
+            "per_letter": per_letter, "letters": letters}
 
 
 def model_part(source: str | None, prompts: int, images: int, seed: int) -> dict:
@@ -117,6 +119,8 @@ def main() -> None:
     ap.add_argument("--lengths", default="1,2,3,4")
     ap.add_argument("--letter-font", type=int, default=22)
     ap.add_argument("--per-letter", type=int, default=8)
+    ap.add_argument("--face", default="sans-bold", help="fonts: sign typeface (sans-bold, mono-bold)")
+    ap.add_argument("--alphabet", default=None, help="fonts: letters of the strings (default: the task's)")
     ap.add_argument("--source", default=None, help="model: pipeline directory (default: the shipped weights)")
     ap.add_argument("--prompts", type=int, default=48)
     ap.add_argument("--images", type=int, default=6)
@@ -127,7 +131,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     if a.part == "fonts":
         res = fonts_part(a.n, [int(x) for x in a.sizes.split(",")], [int(x) for x in a.lengths.split(",")],
-                         a.letter_font, a.per_letter, a.seed)
+                         a.letter_font, a.per_letter, a.seed, a.face, a.alphabet)
     else:
         res = model_part(a.source, a.prompts, a.images, a.seed)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)

@@ -84,9 +84,28 @@ def test_ocr_splits_disjoint_and_alphabet():
     train, test = ocr_splits()
     assert not {r["text"] for r in train} & {r["text"] for r in test}
     for r in train + test:
-        assert 2 <= len(r["text"]) <= 4 and set(r["text"]) <= set(OCR_ALPHABET)
+        assert 2 <= len(r["text"]) <= 3 and set(r["text"]) <= set(OCR_ALPHABET)
         assert r["prompt"].split('"')[1] == r["text"]
-    assert not set(OCR_ALPHABET) & set("0O1IL5S2Z8B")
+    assert not set(OCR_ALPHABET) & set("0O1IL5S2Z8BKXY")
+    lengths = Counter(len(r["text"]) for r in train)
+    assert lengths[3] > 6 * lengths[2] > 0  # drawn 85% / 15%, fewer two-letter strings left after duplicates
+
+
+def test_sign_world_v2_draws_three_letters_two_token_rows_high_inside_the_image():
+    from alignbench.world.layout import scene_for_sign
+    from alignbench.world.scene import WorldConfig, load_font
+
+    cfg = WorldConfig()
+    assert (cfg.sign_font, cfg.font_size_min, cfg.font_size_max) == ("mono-bold", 22, 24)
+    rng = np.random.default_rng(0)
+    for text in ("WMW", "MWM", "AV"):
+        for _ in range(20):
+            sign = scene_for_sign(text, rng, cfg).signs[0]
+            assert sign.font in ("mono-bold",) and 22 <= sign.font_size <= 24  # never shrunk to fit
+            x0, y0, x1, y1 = sign.box
+            assert cfg.margin <= x0 and x1 <= 64 - cfg.margin and cfg.margin <= y0 and y1 <= 64 - cfg.margin
+            _, top, _, bottom = load_font(sign.font_size, sign.font).getbbox("H")
+            assert bottom - top >= 16  # cap height: two 8-pixel token rows
 
 
 # --- renderer and palette ----------------------------------------------------------------------------

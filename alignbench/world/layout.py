@@ -164,14 +164,14 @@ def scene_for_sign(text: str, rng: np.random.Generator, cfg: WorldConfig | None 
     font = int(rng.integers(cfg.font_size_min, cfg.font_size_max, endpoint=True))
     pad_x, pad_y = 3, 3
     while font > 6:
-        tw, th = text_size(text, font)
+        tw, th = text_size(text, font, cfg.sign_font)
         w, h = tw + 2 * pad_x, th + 2 * pad_y
         if w <= size - 2 * cfg.margin:
             break
         font -= 1
     cx = float(rng.uniform(cfg.margin + w / 2, size - cfg.margin - w / 2))
     cy = float(rng.uniform(cfg.margin + h / 2, size - cfg.margin - h / 2))
-    sign = SignSpec(text, round(cx), round(cy), float(w), float(h), panel, ink, font)
+    sign = SignSpec(text, round(cx), round(cy), float(w), float(h), panel, ink, font, cfg.sign_font)
     return Scene(sample_background(rng, [panel], cfg), [], [sign])
 
 

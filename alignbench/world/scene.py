@@ -34,8 +34,11 @@ class WorldConfig(StrictModel):
     noise_std_max: float = Field(5.0, ge=0, le=20, description="largest std (0-255 units) of the 'noise' texture")
     min_contrast: float = Field(40.0, ge=10, le=100, description="least CIELAB ΔE between background and any object colour")
     supersample: int = Field(4, ge=1, le=8, description="anti-aliasing factor")
-    font_size_min: int = Field(13, ge=6, description="smallest sign font size")
-    font_size_max: int = Field(18, ge=6, description="largest sign font size")
+    font_size_min: int = Field(22, ge=6, description="smallest sign font size (22 px: cap height 16 px, two token rows)")
+    font_size_max: int = Field(24, ge=6, description="largest sign font size")
+    sign_font: Literal["sans-bold", "mono-bold"] = Field(
+        "mono-bold", description="sign typeface: DejaVu Sans Bold, or DejaVu Sans Mono Bold (narrower: 0.6 em per "
+        "glyph, so three letters of cap height 16 px fit a 64-px image)")
 
     @model_validator(mode="after")
     def _check_ranges(self) -> WorldConfig:
@@ -91,6 +94,7 @@ class SignSpec:
     panel_color: tuple[int, int, int]
     text_color: tuple[int, int, int]
     font_size: int
+    font: str = "sans-bold"
 
     @property
     def box(self) -> tuple[float, float, float, float]:
@@ -122,26 +126,34 @@ class Scene:
 # ---------------------------------------------------------------------------------------------
 # Fonts
 # ---------------------------------------------------------------------------------------------
+#: sign typefaces (WorldConfig.sign_font) → TrueType files shipped with matplotlib
+FONT_FILES: dict[str, str] = {"sans-bold": "DejaVuSans-Bold.ttf", "mono-bold": "DejaVuSansMono-Bold.ttf"}
+
+
 @functools.cache
-def font_path() -> str:
-    """Path of the TrueType font used for signs: DejaVu Sans Bold as shipped with matplotlib."""
+def font_path(font: str = "sans-bold") -> str:
+    """Path of a sign typeface (:data:`FONT_FILES`) as shipped with matplotlib.
+
+    Raises:
+        KeyError: unknown ``font``; FileNotFoundError: a broken matplotlib install.
+    """
     import matplotlib
 
-    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", "DejaVuSans-Bold.ttf")
+    path = os.path.join(matplotlib.get_data_path(), "fonts", "ttf", FONT_FILES[font])
     if not os.path.isfile(path):  # pragma: no cover - broken matplotlib install
         raise FileNotFoundError(f"TrueType font not found at {path}")
     return path
 
 
 @functools.cache
-def load_font(size: int) -> ImageFont.FreeTypeFont:
-    """DejaVu Sans Bold at ``size`` pixels (cached)."""
-    return ImageFont.truetype(font_path(), size)
+def load_font(size: int, font: str = "sans-bold") -> ImageFont.FreeTypeFont:
+    """A sign typeface (default DejaVu Sans Bold) at ``size`` pixels (cached)."""
+    return ImageFont.truetype(font_path(font), size)
 
 
-def text_size(text: str, size: int) -> tuple[int, int]:
+def text_size(text: str, size: int, font: str = "sans-bold") -> tuple[int, int]:
     """Pixel (width, height) of ``text`` rendered at font ``size`` (ink box)."""
-    x0, y0, x1, y1 = load_font(size).getbbox(text)
+    x0, y0, x1, y1 = load_font(size, font).getbbox(text)
     return x1 - x0, y1 - y0
 
 
@@ -201,7 +213,7 @@ def sign_layers(sign: SignSpec, size: int, supersample: int) -> tuple[np.ndarray
     x0, y0, x1, y1 = (v * s for v in sign.box)
     ImageDraw.Draw(panel).rectangle([x0, y0, x1 - 1, y1 - 1], fill=255)
     text = Image.new("L", (size * s, size * s), 0)
-    font = load_font(sign.font_size * s)
+    font = load_font(sign.font_size * s, sign.font)
     ImageDraw.Draw(text).text((sign.cx * s, sign.cy * s), sign.text, font=font, fill=255, anchor="mm")
     down = [np.asarray(im, dtype=np.float64).reshape(size, s, size, s).mean(axis=(1, 3)) / 255.0
             for im in (panel, text)]
@@ -216,7 +228,7 @@ def letter_layers(sign: SignSpec, size: int, supersample: int) -> np.ndarray:
     both drawn from the same left origin, so that the layers add up to the string's ink (up to
     anti-aliasing overlaps of neighbouring glyphs)."""
     s = supersample
-    font = load_font(sign.font_size * s)
+    font = load_font(sign.font_size * s, sign.font)
     left = sign.cx * s - font.getlength(sign.text) / 2
     prev = np.zeros((size, size))
     out = np.zeros((len(sign.text), size, size))
