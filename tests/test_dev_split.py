@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import torch
 import pytest
 from typer.testing import CliRunner
 
@@ -99,3 +100,36 @@ def test_one_prompt_fills_several_groups_only_with_prompt_replacement(tmp_path):
     (run,) = [p.parent for p in Path(tmp_path).rglob("summary.json")]
     (row,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert row["prompt_indices"] == [0, 0] and row["leaves"] == 8  # two groups of the one prompt
+
+
+def test_antithetic_branches_mirror_the_noise_of_sibling_pairs(tmp_path, monkeypatch):
+    import alignbench.training.trainer as trainer_mod
+    from alignbench.models.spec import get_model
+    from alignbench.training.trainer import Trainer
+
+    seen = []
+    real_execute = trainer_mod.execute
+
+    def spy(*args, **kwargs):
+        out = real_execute(*args, **kwargs)
+        seen.append(out)
+        return out
+
+    monkeypatch.setattr(trainer_mod, "execute", spy)
+    sets = ["protocol.train_steps=4", "protocol.group_size=9", "algo.early=[1,2]", "algo.late=[1,2]",
+            "algo.s_min=1", "algo.s_max=2", "algo.root_threshold=-1", "eval.images_per_prompt=2",
+            "protocol.antithetic=true"]
+    cfg = resolve_run_config("tmpo", "sanity-brightness", "tiny-shapes", 0, overrides=sets)
+    spec = get_model("tiny-shapes")
+    trainer = Trainer(tmp_path, cfg, spec.load("cpu"), get_task("sanity-brightness"))
+    trainer.iteration(0)
+    (ro,) = seen
+    noise = (ro.x_next - ro.mean).flatten(1)  # s·ξ of every trained edge
+    for step in ro.step.unique().tolist():
+        idx = (ro.step == step).nonzero().flatten()
+        for node in ro.parent[idx].unique().tolist():
+            c = idx[ro.parent[idx] == node]  # the 3 children of one branch point, in child order
+            assert len(c) == 3
+            assert torch.allclose(noise[c[0]], -noise[c[1]], atol=1e-5)  # ξ and −ξ
+            cos = torch.nn.functional.cosine_similarity(noise[c[0]], noise[c[2]], dim=0)
+            assert abs(float(cos)) < 0.2  # the third child draws its own ξ

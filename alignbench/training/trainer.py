@@ -55,6 +55,9 @@ class ProtocolConfig(StrictModel):
     prompt_replacement: bool = Field(False, description="draw an iteration's prompts with replacement, so that "
                                      "one prompt can fill several groups (a one-prompt task with more than one "
                                      "group per iteration); false = without replacement")
+    antithetic: bool = Field(False, description="mirrored branch noise: at a branch point, children 2j and 2j+1 "
+                             "draw ξ and −ξ (each child's kernel is unchanged, siblings are paired), which cancels "
+                             "the part of the gradient noise that is even in ξ; chains (fan-out 1) are unaffected")
     holdout_dev: bool = Field(True, description="train on the train split less its dev prompts (task.dev_holdout), "
                               "so that the dev learning curve is never scored on a trained prompt; runs made "
                               "before this field existed resume with false")
@@ -529,6 +532,9 @@ class Trainer:
             # path): the same whichever process samples that prompt, so an N-process run draws the
             # noises of a one-process run (the path's length is in the key because SeedSequence
             # ignores trailing zeros: [.., 3] and [.., 3, 0] give the same state)
+            if proto.antithetic and path[-1] % 2 == 1 and norm.steps[step].fanout > 1:
+                # mirrored siblings: children 2j and 2j + 1 of a branch point draw ξ and −ξ
+                return -sde_noise(p, step, (*path[:-1], path[-1] - 1))
             state = np.random.SeedSequence([noise_key, mine[p], step, len(path), *path]).generate_state(1, np.uint64)[0]
             return torch.randn(shape, generator=torch.Generator("cpu").manual_seed(int(state >> 1)))
 
