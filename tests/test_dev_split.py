@@ -75,7 +75,7 @@ def test_run_scores_the_dev_split_before_training_and_every_k_iterations(tmp_pat
             "--set", "eval.images_per_prompt=3", "--set", "eval.dev_images_per_prompt=3", "--set", "eval.dev_seed=0",
             "--set", "eval.dev_every=2"]
     res = CliRunner().invoke(app, ["run", "--algo", "tmpo", "--task", "sanity-brightness", "--iterations", "3",
-                                   "--threads", "1", "--out", str(tmp_path), *tiny])
+                                   "--out", str(tmp_path), *tiny])
     assert res.exit_code == 0, res.output
     (run,) = [p.parent for p in Path(tmp_path).rglob("run.json")]
     dev = [json.loads(line) for line in (run / "dev.jsonl").read_text().splitlines()]
@@ -91,7 +91,7 @@ def test_one_prompt_fills_several_groups_only_with_prompt_replacement(tmp_path):
     tiny = ["--set", "eval.steps=2", "--set", "protocol.train_steps=4", "--set", "protocol.group_size=4",
             "--set", "algo.children=2", "--set", "algo.early=[1,2]", "--set", "algo.late=[1,2]", "--set", "algo.s_max=2",
             "--set", "eval.images_per_prompt=2", "--set", "protocol.prompts_per_iteration=2"]
-    base = ["run", "--algo", "tmpo", "--task", "sanity-brightness", "--iterations", "1", "--threads", "1",
+    base = ["run", "--algo", "tmpo", "--task", "sanity-brightness", "--iterations", "1",
             "--out", str(tmp_path), *tiny]
     refused = CliRunner().invoke(app, base)
     assert refused.exit_code == 2 and "protocol.prompt_replacement=true" in refused.output
