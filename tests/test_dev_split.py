@@ -133,3 +133,23 @@ def test_antithetic_branches_mirror_the_noise_of_sibling_pairs(tmp_path, monkeyp
             assert torch.allclose(noise[c[0]], -noise[c[1]], atol=1e-5)  # ξ and −ξ
             cos = torch.nn.functional.cosine_similarity(noise[c[0]], noise[c[2]], dim=0)
             assert abs(float(cos)) < 0.2  # the third child draws its own ξ
+
+
+def test_dev_every_on_a_task_without_dev_prompts_is_one_line(tmp_path):
+    repo = Path(__file__).resolve().parents[1]
+    task = tmp_path / "one.yaml"
+    task.write_text(f"""name: one
+description: one prompt, no dev file
+format: geneval
+domains:
+  shapes:
+    prompts: {{train: {repo / 'tasks/data/sanity_two_object.jsonl'}, test: {repo / 'tasks/data/sanity_two_object.jsonl'}}}
+    reward: brightness
+    train_reward: brightness
+    metrics: [brightness]
+""")
+    res = CliRunner().invoke(app, ["run", "--task", str(task), "--iterations", "1", "--out", str(tmp_path / "runs"),
+                                   "--set", "protocol.prompts_per_iteration=1", "--set", "eval.dev_every=1"])
+    lines = [line for line in res.output.splitlines() if line.strip()]
+    assert res.exit_code == 2 and len(lines) == 1 and "eval.dev_every" in lines[0], res.output
+    assert not list((tmp_path / "runs").rglob("metrics.jsonl"))

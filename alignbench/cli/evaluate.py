@@ -26,7 +26,7 @@ def eval_cmd(
     images_per_tag: Annotated[int | None, typer.Option(min=1, help="at least this many images per tag (default: the preset's)")] = None,
     steps: Annotated[int | None, typer.Option(min=1, help="ODE steps (default: the model's eval_steps)")] = None,
     seed: Annotated[int, typer.Option(help="seed of the per-image initial noises (same noises for every model)")] = 0,
-    split: Annotated[str, typer.Option(help="prompt split: test or train")] = "test",
+    split: Annotated[str, typer.Option(help="prompt split: test, train or dev (train prompts held out of training)")] = "test",
     max_prompts: Annotated[int | None, typer.Option(min=1, help="first N prompts only")] = None,
     out: Annotated[Path, typer.Option(help="root of run directories")] = Path("results/runs"),
     device: Annotated[str, typer.Option(help="torch device: cpu, cuda, …")] = "cpu",
@@ -45,8 +45,8 @@ def eval_cmd(
     unknown = sorted(set(overrides) - {"model", "reward"})
     if unknown:
         raise UserError(f"--set {unknown[0]}: unknown section; allowed: model, reward")
-    if split not in ("train", "test"):
-        raise UserError(f"--split: '{split}' is not allowed; allowed: test, train")
+    if split not in ("train", "test", "dev"):
+        raise UserError(f"--split: '{split}' is not allowed; allowed: test, train, dev")
     spec = get_model(model, **overrides.get("model", {}))
     t = get_task(task).with_reward_options({"device": device, **overrides.get("reward", {})})
     t.domain(spec.domain)

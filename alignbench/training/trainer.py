@@ -304,6 +304,10 @@ class Trainer:
         domain = config["model"]["domain"]
         self.reward = task.reward(domain)
         self.train_prompts = task.training_prompts(domain, run_holdout_dev(config["protocol"]))
+        if self.eval_cfg.dev_every and not task.prompts("dev", domain):
+            raise ConfigError(f"eval.dev_every: task '{task.name}' has no dev prompts (every tag of its train split "
+                              "has a single prompt and the task names no dev file); set eval.dev_every=0 or add "
+                              "prompts: {dev: FILE} to the task")
         if self.protocol.prompts_per_iteration % self.acc.num_processes:
             raise ConfigError(f"protocol.prompts_per_iteration: {self.protocol.prompts_per_iteration} prompts cannot be "
                               f"split evenly over {self.acc.num_processes} processes; use a multiple of "
