@@ -117,3 +117,26 @@ def test_vae_check_scores_originals_exactly_and_reports_what_an_untrained_vae_lo
     assert rep["accuracy_original"] == 1.0  # the detector reads rendered scenes exactly
     assert rep["accuracy_reconstructed"] < 0.5 and rep["psnr_db"] < 20  # an untrained VAE loses the scene
     assert 0 <= rep["color_kept"] <= 1 and rep["objects"] >= 6
+
+
+def test_eval_takes_the_task_files_image_count_unless_the_option_is_given(micro_model, tmp_path):
+    from pathlib import Path
+
+    from typer.testing import CliRunner
+
+    import tasks
+    from alignbench.cli import app
+
+    prompts = Path(tasks.__file__).parent / "data" / "sanity_two_object.jsonl"
+    yaml = tmp_path / "one.yaml"
+    yaml.write_text(f"name: one\ndescription: one prompt\nformat: geneval\ndomains:\n  shapes:\n    prompts: {{train: {prompts}, test: {prompts}}}\n"
+                    "    reward: brightness\n    train_reward: brightness\n    metrics: [brightness]\n"
+                    "defaults:\n  eval: {images_per_prompt: 3}\n")
+    counts = []
+    for extra in ([], ["--images-per-prompt", "2"]):
+        out = tmp_path / f"out{len(extra)}"
+        r = CliRunner().invoke(app, ["eval", "--model", "micro-test", "--task", str(yaml), "--out", str(out), *extra])
+        assert r.exit_code == 0, r.output
+        (run,) = (out / "one" / "micro-test" / "base").iterdir()
+        counts.append(json.loads((run / "eval.json").read_text())["n_images"])
+    assert counts == [3, 2]

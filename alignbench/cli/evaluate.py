@@ -52,10 +52,14 @@ def eval_cmd(
     t.domain(spec.domain)
     from ..evaluation import eval_preset
 
-    preset = eval_preset(spec.name, t.name)
+    # the model's preset, then the task file's `defaults.eval` (as `run` layers them), then the options
+    task_eval = t.spec.defaults.get("eval", {})
+    layered = {**eval_preset(spec.name, t.name),
+               **{k: v for k, v in task_eval.items() if k in ("images_per_prompt", "images_per_tag",
+                                                              "batch_size", "grid_prompts")}}
     given = {k: v for k, v in {"images_per_prompt": images_per_prompt, "images_per_tag": images_per_tag}.items()
              if v is not None}
-    cfg = EvalConfig(**{**preset, **given, "split": split, "steps": steps, "seed": seed, "max_prompts": max_prompts})
+    cfg = EvalConfig(**{**layered, **given, "split": split, "steps": steps, "seed": seed, "max_prompts": max_prompts})
     backbone = _load_backbone(spec, device)
     run_dir = new_run_dir(out, t.name, spec.name, "base", seed)
     config = {"task": t.name, "model": spec.model_dump(), "eval": cfg.model_dump()}
