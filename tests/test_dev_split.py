@@ -153,3 +153,11 @@ domains:
     lines = [line for line in res.output.splitlines() if line.strip()]
     assert res.exit_code == 2 and len(lines) == 1 and "eval.dev_every" in lines[0], res.output
     assert not list((tmp_path / "runs").rglob("metrics.jsonl"))
+
+
+@pytest.mark.parametrize("name", ["sanity-geneval", "sanity-geneval-count", "sanity-brightness"])
+def test_one_prompt_sanity_tasks_train_on_a_geneval_train_prompt_never_in_test(name):
+    geneval = get_task("geneval")
+    (record,) = get_task(name).prompts("train")
+    assert record in geneval.prompts("train")
+    assert record["prompt"] not in {r["prompt"] for r in geneval.prompts("test")}
