@@ -1,4 +1,4 @@
-"""Score the pretraining dev probe (train-split prompts; alignbench/models/probe.py) for a saved
+"""Score the pretraining dev probe (train-split prompts; alignbench/models/pretrain/probe.py) for a saved
 pipeline, e.g. the shipped weights, as a reference point beside pretraining curves.
 
     python scripts/probe_pipeline.py alignbench/models/weights/tiny-shapes [--ocr-prompts 16] [--threads 1]
@@ -22,7 +22,7 @@ def main() -> None:
         torch.set_num_threads(a.threads)
     from diffusers import FluxPipeline
 
-    from alignbench.models.probe import DevProbe, ProbeConfig
+    from alignbench.models.pretrain.probe import DevProbe, ProbeConfig
     from alignbench.models.spec import quiet_hf_progress
 
     quiet_hf_progress()

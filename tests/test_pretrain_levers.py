@@ -22,7 +22,7 @@ from alignbench.models.pretrain import (
     pack_labels,
     zero_init_adaln,
 )
-from alignbench.models.probe import ProbeConfig, probe_records, summarize_probe
+from alignbench.models.pretrain.probe import ProbeConfig, probe_records, summarize_probe
 from alignbench.models.tiny import TinyFluxConfig, build_tiny_pipeline
 from alignbench.world.palette import CLASSES, COLORS
 from alignbench.world.scene import (
@@ -259,7 +259,7 @@ def test_probe_summary_is_the_per_tag_mean_and_the_geneval_mean_over_tags():
 
 @pytest.mark.parametrize("ema", [0.0, 0.9])
 def test_probe_runs_every_n_images_and_the_curves_plot(tmp_path, ema):
-    from alignbench.models.probe import plot_curves, read_curves
+    from alignbench.models.pretrain.probe import plot_curves, read_curves
 
     probe = {"every": 8, "single_images": 1, "color_images": 1, "per_tag": 1, "other_images": 1, "steps": 2}
     cfg = PretrainConfig(**{**TINY, "ema_decay": ema, "probe": probe})

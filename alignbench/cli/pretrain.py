@@ -46,7 +46,7 @@ def pretrain_cmd(
     from ..models.pretrain import PretrainConfig, Pretrainer
 
     if plot is not None:
-        from ..models.probe import plot_curves
+        from ..models.pretrain.probe import plot_curves
 
         dirs = [out, *(with_ or [])]
         refs = {}

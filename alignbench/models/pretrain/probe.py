@@ -20,6 +20,7 @@ long before the strict rules do.
 from __future__ import annotations
 
 import copy
+import json
 import time
 from dataclasses import dataclass
 
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from pydantic import Field
 
-from ..config import StrictModel
+from ...config import StrictModel
 
 #: GenEval tags other than single_object and colors, in the probe's order.
 OTHER_TAGS = ("two_object", "counting", "position", "color_attr")
@@ -58,7 +59,7 @@ class ProbeItem:
 
 def probe_records(cfg: ProbeConfig) -> list[ProbeItem]:
     """The probe's prompts, in a fixed order (train split only; see the module docstring)."""
-    from ..task import get_task
+    from ...task import get_task
 
     train = get_task("geneval").prompts("train")
     items = [ProbeItem(r, "geneval", cfg.single_images) for r in train if r["tag"] == "single_object"]
@@ -104,8 +105,8 @@ class DevProbe:
     """
 
     def __init__(self, cfg: ProbeConfig, height: int = 64, width: int = 64, max_sequence_length: int = 20):
-        from ..evaluation import noise_seed
-        from ..task import get_task
+        from ...evaluation import noise_seed
+        from ...task import get_task
 
         self.cfg, self.items = cfg, probe_records(cfg)
         self.size, self.max_len = (height, width), max_sequence_length
@@ -127,7 +128,7 @@ class DevProbe:
             (summary, rows): :func:`summarize_probe` of the rows plus ``seconds``; one row per
             image with the tag, prompt index and the reward's sub-scores.
         """
-        from .backbone import FluxBackbone
+        from ..backbone import FluxBackbone
 
         t0 = time.perf_counter()
         backbone = FluxBackbone(copy.deepcopy(pipe), *self.size, self.max_len, 1.0, device)
@@ -161,7 +162,7 @@ def read_curves(run_dir) -> list[dict]:
     an empty list if it has none."""
     from pathlib import Path
 
-    from ..io import read_jsonl
+    from ...io import read_jsonl
 
     path = Path(run_dir) / "probe.jsonl"
     return sorted(read_jsonl(path), key=lambda r: r["images"]) if path.exists() else []
@@ -187,7 +188,7 @@ def plot_curves(run_dirs: list, out_png, labels: list[str] | None = None,
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ..errors import UserError
+    from ...errors import UserError
 
     curves = [(labels[i] if labels else Path(d).name, read_curves(d)) for i, d in enumerate(run_dirs)]
     curves = [(name, rows) for name, rows in curves if rows]
@@ -226,3 +227,40 @@ def plot_curves(run_dirs: list, out_png, labels: list[str] | None = None,
     fig.savefig(out_png.with_suffix(".svg"))
     plt.close(fig)
     return present
+
+
+class ProbeMixin:
+    """The dev probe of a :class:`~.trainer.Pretrainer` run (scored with the EMA weights)."""
+
+    def run_probe(self) -> dict:
+        """Score the dev probe with the EMA weights (the current ones without EMA), append the row
+        ``{"images", "step", "summary"}`` to ``probe.jsonl`` and save the first probe images as
+        ``probe/images-<K>k.png``; returns the row."""
+        import copy
+
+        t0 = time.perf_counter()
+        pipe = copy.deepcopy(self.pipe)
+        if self.ema is not None:
+            for n in self._FLOW_MODELS:
+                getattr(pipe, n).load_state_dict(self.ema[n], strict=False)
+        summary, _ = self.probe.run(pipe, self.device)
+        images = self.cfg.images_before + self.step * self.cfg.batch
+        row = {"images": images, "step": self.step, "ema": self.ema is not None, "summary": summary}
+        with open(self.out / "probe.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        from PIL import Image
+
+        tiles = self.probe.last_images[:96]
+        cols = 12
+        rows_ = (len(tiles) + cols - 1) // cols
+        size = tiles.shape[1]
+        sheet = np.full((rows_ * (size + 2), cols * (size + 2), 3), 255, np.uint8)
+        for i, t in enumerate(tiles):
+            r, c = divmod(i, cols)
+            sheet[r * (size + 2):r * (size + 2) + size, c * (size + 2):c * (size + 2) + size] = t
+        (self.out / "probe").mkdir(exist_ok=True)
+        Image.fromarray(sheet).resize((sheet.shape[1] * 2, sheet.shape[0] * 2), Image.NEAREST).save(
+            self.out / "probe" / f"images-{images // 1000:05d}k.png")
+        self.timing["probe_seconds"] += time.perf_counter() - t0
+        self.progress("probe", self.step, self.cfg.steps, {"probe": summary, "images": images})
+        return row
