@@ -97,7 +97,7 @@ def branch_steps(progress: float, s_min: int, s_max: int, early: Sequence[float]
     return out
 
 
-def tree_plan(num_steps: int, branch_at: Sequence[int], children: int = 3, eta: float = 0.7,
+def tree_plan(num_steps: int, branch_at: Sequence[int], children: int | Sequence[int] = 3, eta: float = 0.7,
               kernel: str = "cps", root_threshold: int = 1):
     """The dynamic stochastic tree of one iteration as a :class:`~alignbench.sampling.plan.RolloutPlan`
     (§5): ODE everywhere except the branch steps, where each node draws ``children`` independent
@@ -107,21 +107,28 @@ def tree_plan(num_steps: int, branch_at: Sequence[int], children: int = 3, eta: 
     Args:
         num_steps: T training sampling steps.
         branch_at: sorted, distinct 0-based step indices (e.g. from :func:`branch_steps`).
+        children: fan-out of every branch point (the paper: 3), or one per branch point in order
+            (an alignbench option; e.g. (9, 3): nine children at the first, three at the second).
+            Leaves per prompt = the product.
 
     Raises:
-        ValueError: branch steps out of range, unsorted or repeated.
+        ValueError: branch steps out of range, unsorted or repeated; a per-point ``children`` whose
+            length differs from ``branch_at``'s.
     """
     from alignbench.sampling.plan import RolloutPlan, StepSpec
 
     steps = list(branch_at)
     if any(s < 0 or s >= num_steps for s in steps) or steps != sorted(set(steps)):
         raise ValueError(f"branch steps must be sorted, distinct and in 0..{num_steps - 1}, got {steps}")
+    fan = [children] * len(steps) if isinstance(children, int) else list(children)
+    if len(fan) != len(steps):
+        raise ValueError(f"children: {len(fan)} fan-outs for {len(steps)} branch points")
     n_roots = 1
     if steps and steps[0] <= root_threshold:
-        n_roots, steps = children, steps[1:]
+        n_roots, steps, fan = fan[0], steps[1:], fan[1:]
     spec = [StepSpec("ode") for _ in range(num_steps)]
-    for s in steps:
-        spec[s] = StepSpec(kernel, eta, children, True)
+    for s, k in zip(steps, fan, strict=True):
+        spec[s] = StepSpec(kernel, eta, k, True)
     return RolloutPlan(n_roots, spec)
 
 
@@ -135,7 +142,8 @@ class TMPOConfig(AlgorithmConfig):
                          "residual at its optimal log Z, VarGrad); paper: no centring")
     kernel: Literal["cps", "flow_sde", "dance"] = Field("cps", description="branch kernel (paper: cps)")
     eta: float = Field(0.7, ge=0, le=1, description="branch noise level η (paper: 0.7)")
-    children: int = Field(3, ge=2, description="children per branch point (paper: 3)")
+    children: int | tuple[int, ...] = Field(3, description="children per branch point (paper: 3), or one fan-out "
+                                            "per branch point in order, e.g. (9, 3) with two branch points")
     s_min: int = Field(1, ge=0, description="earliest branch step (paper FLUX: 1)")
     s_max: int = Field(5, ge=0, description="latest branch step, clamped to the last step with noise (paper FLUX: 5)")
     early: tuple[float, ...] = Field((1, 2, 3), description="mean branch steps at the start (paper FLUX: 1, 2, 3)")
@@ -183,6 +191,12 @@ class TMPO(Algorithm):
             from alignbench.errors import ConfigError
 
             raise ConfigError(f"algo.late: needs as many entries as algo.early ({len(c.early)}), got {len(c.late)}")
+        fan = [c.children] if isinstance(c.children, int) else list(c.children)
+        if min(fan) < 2 or (not isinstance(c.children, int) and len(fan) != len(c.early)):
+            from alignbench.errors import ConfigError
+
+            raise ConfigError(f"algo.children: {c.children} is not allowed; allowed: an integer >= 2, or one "
+                              f"integer >= 2 per branch point ({len(c.early)} here, as in algo.early)")
         sig = [float(s) for s in ctx.sigmas]
         noisy = [i for i in range(ctx.num_steps) if kernel_std(c.kernel, sig[i], sig[i + 1], c.eta) > 0]
         #: s_max clamped so that every branch injects noise (§5: never branch where s = 0)

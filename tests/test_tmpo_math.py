@@ -81,3 +81,33 @@ def test_tree_plan_has_27_leaves_and_trains_only_branch_edges():
     assert roots.nfe_per_prompt() == 3 + 3 + 3 + 3 + 9 + 27  # nodes evaluated at steps 0..5
     with pytest.raises(ValueError, match="sorted, distinct"):
         tree_plan(6, [3, 3, 4])
+
+
+def test_tree_plan_takes_one_fan_out_per_branch_point():
+    from alignbench.algorithms.tmpo import tree_plan
+
+    wide = tree_plan(6, [0, 3], children=(9, 3), root_threshold=-1)
+    assert wide.n_roots == 1 and wide.leaves_per_prompt() == 27
+    assert [(i, s.fanout) for i, s in enumerate(wide.steps) if s.trained] == [(0, 9), (3, 3)]
+    # nodes per step 1, 9, 9, 9, 27, 27 → NFE 82; edges 9 + 27
+    assert wide.nfe_per_prompt() == 1 + 9 + 9 + 9 + 27 + 27 and wide.edges_per_prompt() == 36
+    roots = tree_plan(6, [1, 3], children=(9, 3))  # the first point becomes 9 independent roots
+    assert roots.n_roots == 9 and roots.leaves_per_prompt() == 27 and roots.edges_per_prompt() == 27
+    with pytest.raises(ValueError, match="2 fan-outs for 3 branch points"):
+        tree_plan(6, [0, 2, 4], children=(9, 3))
+
+
+@pytest.mark.parametrize("children", [(9, 3), (9, 1, 3), 1])
+def test_tmpo_children_per_branch_point_must_match_the_branch_points(children):
+    from alignbench.algorithms.tmpo import TMPO
+
+    from alignbench.errors import ConfigError
+    from alignbench.training.algorithm import Context, Progress
+
+    ctx = Context(num_steps=10, sigmas=np.linspace(1, 0, 11).tolist(), group_size=27, iterations=10)
+    cfg = {"s_min": 0, "s_max": 8, "early": (0, 2, 4), "late": (0, 3, 6)}
+    with pytest.raises(ConfigError, match="algo.children"):
+        TMPO(TMPO.Config(**cfg, children=children), ctx)
+    wide = TMPO(TMPO.Config(**{**cfg, "early": (0, 3), "late": (0, 4)}, children=(9, 3), root_threshold=-1), ctx)
+    plan = wide.plan(Progress(iteration=0, total=10), np.random.default_rng(0))
+    assert plan.leaves_per_prompt() == 27 and [s.fanout for s in plan.steps if s.trained] == [9, 3]
