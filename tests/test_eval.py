@@ -120,14 +120,13 @@ def test_vae_check_scores_originals_exactly_and_reports_what_an_untrained_vae_lo
 
 
 def test_eval_takes_the_task_files_image_count_unless_the_option_is_given(micro_model, tmp_path):
-    from pathlib import Path
+    from importlib import resources
 
     from typer.testing import CliRunner
 
-    import tasks
     from alignbench.cli import app
 
-    prompts = Path(tasks.__file__).parent / "data" / "sanity_two_object.jsonl"
+    prompts = resources.files("alignbench.tasks") / "data" / "sanity_two_object.jsonl"
     yaml = tmp_path / "one.yaml"
     yaml.write_text(f"name: one\ndescription: one prompt\nformat: geneval\ndomains:\n  shapes:\n    prompts: {{train: {prompts}, test: {prompts}}}\n"
                     "    reward: brightness\n    train_reward: brightness\n    metrics: [brightness]\n"
